@@ -1,0 +1,202 @@
+"""Flax building blocks of the ResNet family, on top of :mod:`resnext_jax.ops`.
+
+Parameter names and layouts follow ``flax.linen`` (``Conv`` kernels are
+``(kh, kw, in // groups, out)``); padding is PyTorch's symmetric padding so that
+weights ported from torchvision / timm reproduce their outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnext_jax import ops
+
+Dtype = Any
+ModuleDef = Any
+
+# timm / torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_padding(kernel_size: int, stride: int = 1) -> int:
+    """The symmetric padding PyTorch models use (timm's ``get_padding``)."""
+    return ((stride - 1) + (kernel_size - 1)) // 2
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """timm's ``make_divisible`` with ``round_limit=0``, as its SE layers use it."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
+def se_features(channels: int, rule: str, reduction: int = 16) -> int:
+    """Width of the SE bottleneck: ``"timm"`` rounds to a multiple of 8, ``"legacy"`` floors."""
+    if rule == "timm":
+        return make_divisible(channels / reduction, 8)
+    if rule == "legacy":
+        return channels // reduction
+    raise ValueError(f"unknown SE width rule {rule!r}; use 'timm' or 'legacy'")
+
+
+class Conv(nn.Module):
+    """``nn.Conv`` with symmetric padding and a swappable lowering (see :mod:`resnext_jax.ops`)."""
+
+    features: int
+    kernel_size: int = 1
+    strides: int = 1
+    feature_group_count: int = 1
+    padding: int | None = None  # None: PyTorch's padding for this kernel and stride
+    use_bias: bool = False
+    lowering: str = "xla"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = conv_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        groups = self.feature_group_count
+        if x.shape[-1] % groups or self.features % groups:
+            raise ValueError(
+                f"{self.name}: {x.shape[-1]} input and {self.features} output channels "
+                f"must both be divisible by feature_group_count={groups}")
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init,
+                            (k, k, x.shape[-1] // groups, self.features), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pad = torch_padding(k, self.strides) if self.padding is None else self.padding
+        y = ops.conv2d(x, kernel, stride=self.strides, padding=((pad, pad), (pad, pad)),
+                       groups=groups, lowering=self.lowering)
+        return y if bias is None else y + bias
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al.): mean pool, FC + ReLU, FC + sigmoid, rescale.
+
+    The gates are sown into the ``intermediates`` collection as ``gate`` so that they
+    can be inspected (``model.apply(..., mutable=["intermediates"])``).
+    """
+
+    rule: str = "timm"  # width of the hidden layer, see ``se_features``
+    reduction: int = 16
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+        reduced = se_features(x.shape[-1], self.rule, self.reduction)
+        hidden = nn.relu(dense(reduced, name="fc1")(squeezed))
+        gate = nn.sigmoid(dense(x.shape[-1], name="fc2")(hidden))
+        self.sow("intermediates", "gate", gate[:, 0, 0, :])
+        return x * gate.astype(x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's ``DropPath``, rescaled by the keep rate)."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
+                                    (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+STEMS = ("7x7", "deep", "deep_tiered", "cifar", "legacy_7x7", "legacy_deep")
+
+
+class Stem(nn.Module):
+    """Network input layers; returns ``(pre_pool_map, output)``.
+
+    ``7x7``: conv 7x7/2 + BN + ReLU + max-pool 3x3/2 (torchvision, timm).
+    ``deep`` / ``deep_tiered``: three 3x3 convs (widths ``w, w, out`` or ``3w/4, w, out``),
+    ResNet-D. ``cifar``: one 3x3/1 conv, no pooling. ``legacy_*``: Cadene's SENet stems
+    (7x7 or three 3x3 convs), max-pool with ``ceil_mode=True`` and no padding.
+    """
+
+    kind: str
+    features: int
+    stem_width: int
+    conv: ModuleDef
+    norm: ModuleDef
+    max_pool: Callable[..., jax.Array]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        if self.kind in ("7x7", "legacy_7x7"):
+            widths, first = (self.features,), (7, 2)
+        elif self.kind == "cifar":
+            widths, first = (self.features,), (3, 1)
+        elif self.kind in ("deep", "legacy_deep"):
+            widths, first = (self.stem_width, self.stem_width, self.features), (3, 2)
+        elif self.kind == "deep_tiered":
+            widths, first = (3 * (self.stem_width // 4), self.stem_width, self.features), (3, 2)
+        else:
+            raise ValueError(f"unknown stem {self.kind!r}; choose one of {STEMS}")
+        for i, width in enumerate(widths):
+            kernel, stride = first if i == 0 else (3, 1)
+            x = self.conv(width, kernel, stride, name=f"conv{i + 1}")(x)
+            x = nn.relu(self.norm(name=f"bn{i + 1}")(x, use_running_average=not train))
+        if self.kind == "cifar":
+            return x, x
+        if self.kind.startswith("legacy"):
+            return x, self.max_pool(x, 3, 2, 0, ceil_mode=True)
+        return x, self.max_pool(x, 3, 2, 1)
+
+
+DOWNSAMPLES = ("conv", "avg", "conv3x3")
+
+
+class Downsample(nn.Module):
+    """Projection shortcut: ``conv`` 1x1/s; ``avg`` 2x2 average pool then 1x1 (ResNet-D);
+    ``conv3x3`` 3x3/s (legacy SENet-154)."""
+
+    kind: str
+    features: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.kind == "conv":
+            x = self.conv(self.features, 1, self.strides, name="conv")(x)
+        elif self.kind == "avg":
+            if self.strides > 1:
+                x = ops.avg_pool_ceil(x, 2, self.strides)
+            x = self.conv(self.features, 1, 1, name="conv")(x)
+        elif self.kind == "conv3x3":
+            x = self.conv(self.features, 3, self.strides, name="conv")(x)
+        else:
+            raise ValueError(f"unknown downsample {self.kind!r}; choose one of {DOWNSAMPLES}")
+        return self.norm(name="bn")(x, use_running_average=not train)
+
+
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")
+
+
+def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
+    """Pool NHWC maps to ``(N, C)`` (``(N, 2C)`` for ``catavgmax``), reducing in float32."""
+    x32 = x.astype(jnp.float32)
+    if kind == "avg":
+        pooled = x32.mean(axis=(1, 2))
+    elif kind == "max":
+        pooled = x32.max(axis=(1, 2))
+    elif kind == "avgmax":
+        pooled = 0.5 * (x32.mean(axis=(1, 2)) + x32.max(axis=(1, 2)))
+    elif kind == "catavgmax":
+        pooled = jnp.concatenate([x32.mean(axis=(1, 2)), x32.max(axis=(1, 2))], axis=-1)
+    else:
+        raise ValueError(f"unknown global_pool {kind!r}; choose one of {GLOBAL_POOLS}")
+    return pooled.astype(x.dtype)

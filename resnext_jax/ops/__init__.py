@@ -1,0 +1,11 @@
+"""Pure array functions (no Flax) behind the model's convolution and pooling layers.
+
+Every function takes a ``lowering`` name. ``"xla"`` is the reference: XLA's own
+convolution / reduce_window, forward and gradient. Other lowerings compute the same
+numbers from the same kernel layout, so checkpoints never depend on the lowering.
+"""
+
+from resnext_jax.ops.conv import LOWERINGS, conv2d
+from resnext_jax.ops.pool import avg_pool_ceil, max_pool
+
+__all__ = ["LOWERINGS", "conv2d", "max_pool", "avg_pool_ceil"]
