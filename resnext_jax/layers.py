@@ -8,7 +8,8 @@ weights ported from torchvision / timm reproduce their outputs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -160,7 +161,7 @@ DOWNSAMPLES = ("conv", "avg", "conv3x3")
 
 class Downsample(nn.Module):
     """Projection shortcut: ``conv`` 1x1/s; ``avg`` 2x2 average pool then 1x1 (ResNet-D);
-    ``conv3x3`` 3x3/s (legacy SENet-154)."""
+    ``conv3x3`` 3x3/s (legacy SENet-154, which keeps 1x1 for its unstrided first stage)."""
 
     kind: str
     features: int

@@ -8,7 +8,8 @@ classifier ``fc``: the PyTorch names with ``.`` as ``_``, which keeps weight por
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,8 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnext_jax import ops
-from resnext_jax.layers import (GLOBAL_POOLS, Conv, DropPath, Downsample, ModuleDef,
-                                SqueezeExcite, Stem, global_pool)
+from resnext_jax.layers import (
+    GLOBAL_POOLS,
+    Conv,
+    Downsample,
+    DropPath,
+    ModuleDef,
+    SqueezeExcite,
+    Stem,
+    global_pool,
+)
 
 BLOCKS = ("basic", "bottleneck", "senet154")
 
@@ -133,14 +142,13 @@ class ResNet(nn.Module):
             else _BLOCK_TYPES[self.block]
         in_features = self.stem_features
         total, index = sum(self.layers), 0
-        for stage, (depth, planes) in enumerate(zip(self.layers, self.stage_planes)):
+        for stage, (depth, planes) in enumerate(zip(self.layers, self.stage_planes, strict=True)):
             blocks = []
             for i in range(depth):
                 strides = 2 if i == 0 and stage > 0 else 1
                 out = planes * (1 if self.block == "basic" else 4)
-                needs_projection = strides != 1 or in_features != out
                 kwargs = dict(
-                    strides=strides, downsample=self.downsample if needs_projection else None,
+                    strides=strides, downsample=self._downsample_kind(strides, in_features, out),
                     se=se, drop_path=self.drop_path_rate * index / max(total - 1, 1),
                     zero_init_last=self.zero_init_last, conv=conv, norm=norm,
                     name=f"layer{stage + 1}_{i}")
@@ -156,6 +164,13 @@ class ResNet(nn.Module):
         if self.num_classes > 0 and not self.features_only:
             self.head_drop = nn.Dropout(self.drop_rate)
             self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def _downsample_kind(self, strides: int, in_features: int, out: int) -> str | None:
+        if strides == 1 and in_features == out:
+            return None
+        if self.downsample == "conv3x3" and strides == 1:  # Cadene: 3x3 only when strided
+            return "conv"
+        return self.downsample
 
     def _bottleneck_widths(self, planes: int) -> tuple[int, int]:
         if self.block == "senet154":  # Cadene's SEBottleneck: planes*2 -> planes*4 (grouped)
@@ -174,7 +189,7 @@ class ResNet(nn.Module):
             problems.append(f"layers={tuple(self.layers)} needs one depth per stage width "
                             f"{tuple(self.stage_planes)}")
         if any(d < 1 for d in self.layers):
-            problems.append(f"every stage needs at least one block, got layers={tuple(self.layers)}")
+            problems.append(f"every stage needs a block, got layers={tuple(self.layers)}")
         if self.se not in (None, "timm", "legacy"):
             problems.append(f"se={self.se!r} must be None, 'timm' or 'legacy'")
         if self.global_pool not in GLOBAL_POOLS:

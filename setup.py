@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="resnext_jax",
+    version="0.1.0",
+    description="ResNeXt and SE-ResNeXt in JAX / Flax: backbones, ported weights, training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["resnext_jax", "resnext_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.9",
+        "ml-collections>=0.1.1",
+        "tensorflow-datasets>=4.9.6",
+        # tf.data only: the CPU build keeps TensorFlow off the accelerators.
+        "tensorflow-cpu>=2.16; platform_system == 'Linux'",
+        "tensorflow>=2.16; platform_system != 'Linux'",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
