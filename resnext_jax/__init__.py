@@ -1,8 +1,12 @@
 """ResNeXt and SE-ResNeXt for JAX / Flax: backbones, a model zoo, ported weights, training."""
 
+from resnext_jax.flops import count_macs
 from resnext_jax.model import ResNet, count_params
 from resnext_jax.zoo import create_model, get_entry, list_models, register
 
 __version__ = "0.1.0"
 
-__all__ = ["ResNet", "count_params", "create_model", "get_entry", "list_models", "register"]
+__all__ = [
+    "ResNet", "count_macs", "count_params", "create_model", "get_entry", "list_models",
+    "register",
+]
