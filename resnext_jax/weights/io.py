@@ -1,0 +1,95 @@
+"""Reading and writing PyTorch state dicts as numpy arrays.
+
+``.safetensors`` needs only the ``safetensors`` package. ``.pth`` / ``.bin`` / ``.pt`` need
+torch (optional) and are untrusted input: before torch sees the file, its pickle is replayed
+by an unpickler that can only build tensors and dicts (:mod:`resnext_jax.weights.pickle_scan`),
+then it is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from resnext_jax.weights.errors import WeightsFileError
+from resnext_jax.weights.pickle_scan import check_torch_pickle
+
+SAFETENSORS = (".safetensors",)
+TORCH_PICKLES = (".pth", ".pt", ".bin", ".ckpt")
+_WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch checkpoint as numpy arrays, keyed by state-dict name."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"no such checkpoint file: {path}")
+    if path.endswith(SAFETENSORS):
+        return _read_safetensors(path)
+    if path.endswith(TORCH_PICKLES):
+        return _read_torch(path)
+    raise WeightsFileError(f"{path}: unknown checkpoint type; expected one of "
+                           f"{SAFETENSORS + TORCH_PICKLES} (or our own .msgpack)")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsFileError(f"{path} is not a readable safetensors file (truncated or "
+                               f"corrupted?): {err}") from err
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    check_torch_pickle(path)
+    try:
+        import torch
+    except ImportError as err:
+        raise WeightsFileError(
+            f"{path} is a PyTorch pickle checkpoint, and reading it needs torch, which is not "
+            "installed: `pip install torch`, or convert it once to .safetensors where torch is "
+            "available (safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "'model.safetensors'))") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad or unsafe files
+        raise WeightsFileError(f"torch.load(weights_only=True) refused {path}: {err}; "
+                               "if you trust the file, re-save it as .safetensors") from err
+    return {k: _torch_to_numpy(v) for k, v in _unwrap(obj, path).items()
+            if isinstance(v, torch.Tensor)}
+
+
+def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
+    """The state dict inside training checkpoints such as ``{"state_dict": ..., "epoch": 3}``."""
+    for key in _WRAPPERS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            return _unwrap(obj[key], path)
+    if not isinstance(obj, Mapping):
+        raise WeightsFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """Save numpy ``tensors`` as safetensors (loadable by ``safetensors.torch.load_file``)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(path),
+              metadata=dict(metadata) if metadata else None)
