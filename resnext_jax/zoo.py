@@ -54,14 +54,28 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, **overrides: Any) -> ResNet:
+def create_model(name: str, pretrained: Any = None,
+                 **overrides: Any) -> ResNet | tuple[ResNet, dict[str, Any]]:
     """Build a registered model; ``overrides`` replace its ``ResNet`` fields.
 
     Example: ``create_model("seresnext50_32x4d", num_classes=10, dtype=jnp.bfloat16)``.
+
+    With ``pretrained`` (``True`` for the model's default weight set, a set name such as
+    ``"seresnext50_32x4d.racm_in1k"``, a Hub id, or a .safetensors / .pth / .msgpack file)
+    it returns ``(model, variables)``. Passing ``num_classes`` that differs from the
+    checkpoint's keeps the backbone and re-initialises only the head (with a warning);
+    see :func:`resnext_jax.weights.load_pretrained`.
     """
     entry = get_entry(name)
     _check_fields(name, overrides)
-    return ResNet(**{**entry.kwargs, **overrides})
+    model = ResNet(**{**entry.kwargs, **overrides})
+    if pretrained is None or pretrained is False:
+        return model
+    from resnext_jax.weights import load_pretrained  # lazy: file and Hub I/O only when asked
+
+    variables, _ = load_pretrained(model, pretrained, model_name=name,
+                                   reset_head="num_classes" in overrides)
+    return model, variables
 
 
 TV_TIMM = "torchvision / timm"
