@@ -148,3 +148,13 @@ def test_stem_widths_and_reductions(kind, widths):
     expected = 32 if kind == "cifar" else 16
     assert pre_pool.shape == (1, expected, expected, 64)
     assert out.shape[1] == (32 if kind == "cifar" else 8)
+
+
+def test_pools_are_differentiable_under_jit():
+    x = jnp.ones((1, 7, 7, 2))
+    grad = jax.jit(jax.grad(lambda x: ops.avg_pool_ceil(x).sum()))(x)[0, :, :, 0]
+    # Interior pixels share a 2x2 window; the last row / column sit in 2x1 windows.
+    assert grad[0, 0] == 0.25 and grad[0, 6] == 0.5 and grad[6, 6] == 1.0
+    y = _rand((1, 8, 8, 2))
+    grad = jax.jit(jax.grad(lambda y: ops.max_pool(y, 3, 2, 1).sum()))(y)
+    assert grad.sum() == 16 * 2  # each of the 4x4x2 outputs routes 1 to its maximum

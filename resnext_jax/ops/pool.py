@@ -24,9 +24,9 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1,
     del lowering  # only "xla" so far
     extra_h = _ceil_extra(x.shape[1], window, stride, pad) if ceil_mode else 0
     extra_w = _ceil_extra(x.shape[2], window, stride, pad) if ceil_mode else 0
-    init = jnp.array(-jnp.inf, x.dtype)
+    # A Python scalar init lets JAX recognise the max monoid, which it can differentiate.
     return lax.reduce_window(
-        x, init, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+        x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
         ((0, 0), (pad, pad + extra_h), (pad, pad + extra_w), (0, 0)))
 
 
@@ -40,9 +40,9 @@ def avg_pool_ceil(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
     extra_w = _ceil_extra(x.shape[2], window, stride, 0)
     pads = ((0, 0), (0, extra_h), (0, extra_w), (0, 0))
     dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, pads)
+    total = lax.reduce_window(x, 0.0, lax.add, dims, strides, pads)
     if extra_h == 0 and extra_w == 0:
         return total / (window * window)
     ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
-    count = lax.reduce_window(ones, jnp.array(0, x.dtype), lax.add, dims, strides, pads)
+    count = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pads)
     return total / count
