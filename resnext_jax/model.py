@@ -110,8 +110,8 @@ class ResNet(nn.Module):
     cardinality: int = 1
     base_width: int = 64
     stem: str = "7x7"
-    stem_width: int = 64  # width of the first stem convs (deep stems); 64-channel output
-    stem_features: int = 64
+    stem_width: int = 64  # widths of the deep stems' first two convs
+    stem_features: int = 64  # channels the stem hands to the first stage
     stage_planes: Sequence[int] = (64, 128, 256, 512)
     downsample: str = "conv"
     se: str | None = None  # None, "timm" (make_divisible(C/16, 8)) or "legacy" (C // 16)
