@@ -1,0 +1,391 @@
+"""Features (or top-k ImageNet labels) for a folder of images, from the command line.
+
+    python -m resnext_jax.extract --model seresnext50_32x4d \\
+        --pretrained timm/seresnext50_32x4d.racm_in1k photos/ --out features.npz
+    python -m resnext_jax.extract --model resnext50_32x4d --pretrained True cat.jpg --topk 5
+
+Images of any size and format Pillow reads are resized and cropped as the weights were
+evaluated (their pretrained config), batched at one fixed shape (the last batch is padded, so
+``jit`` compiles once) and written to ``.npz`` (``features``, ``files``, ``skipped``) or
+``.npy`` plus ``<out>.files.txt``. Results go to ``<out>.parts/`` in atomically written chunks
+first: a run that is interrupted and started again with the same command resumes from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LAYERS = ("pre_logits", "logits", "stem", "layer1", "layer2", "layer3", "layer4")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Evaluation transform: resize the shorter side to ``floor(size / crop_pct)``,
+    center-crop ``size`` x ``size``, scale to [0, 1], normalise with ``mean`` / ``std``."""
+
+    size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @classmethod
+    def from_pretrained(cls, cfg: Any) -> Preprocess:
+        """From a :class:`resnext_jax.weights.PretrainedCfg`."""
+        return cls(cfg.input_size[0], cfg.crop_pct, cfg.interpolation, tuple(cfg.mean),
+                   tuple(cfg.std))
+
+
+class ImageError(ValueError):
+    """A file that is not an image Pillow can read."""
+
+
+def load_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
+    """One image as a normalised ``(size, size, 3)`` float32 array (timm's eval transform)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+                "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}[pre.interpolation]
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("RGB")  # palette, grey, CMYK, alpha -> RGB
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+    w, h = image.size
+    short = int(pre.size / pre.crop_pct)
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    image = image.resize((new_w, new_h), resample)
+    top, left = int(round((new_h - pre.size) / 2)), int(round((new_w - pre.size) / 2))
+    image = image.crop((left, top, left + pre.size, top + pre.size))
+    array = np.asarray(image, np.float32) / 255.0
+    return (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+
+
+def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named in ``inputs``, and every file under the folders named (recursively,
+    sorted, hidden files left out); whether each is an image is found when it is read."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(item).parts))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+    return files
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard (sorted-synset) order, as shipped
+    with tensorflow-datasets (the same order as its ``imagenet2012`` labels)."""
+    from tensorflow_datasets.datasets.siscore.labels import IMAGENET_LABELS_LIST
+
+    return list(IMAGENET_LABELS_LIST)
+
+
+def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, probabilities)`` of the ``k`` most likely classes per row, best first."""
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, -1)
+
+
+def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dict[str, Any]]:
+    """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode."""
+    import jax
+
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer!r}; choose one of {LAYERS}")
+    needs_head = with_logits or layer == "logits"
+    if needs_head and (model.num_classes == 0 or model.features_only):
+        raise ValueError("logits and --topk need a classifier head; this model has none "
+                         "(num_classes=0 or features_only=True)")
+
+    def outputs(module: Any, images: Any) -> dict[str, Any]:
+        maps = module.forward_features(images)
+        last = maps[f"layer{len(module.layers)}"]
+        out = {}
+        if layer == "pre_logits":
+            out["features"] = module.forward_head(last, pre_logits=True)
+        elif layer in maps:
+            out["features"] = maps[layer]
+        if needs_head:
+            out["logits"] = module.forward_head(last)
+            out.setdefault("features", out["logits"])
+        return out
+
+    return jax.jit(lambda variables, images: model.apply(variables, images, method=outputs))
+
+
+def _batches(files: Sequence[Path], pre: Preprocess, batch_size: int, workers: int,
+             report: Callable[[Path, str], None]) -> Iterator[tuple[np.ndarray, list[Path]]]:
+    """Fixed-shape batches of readable images (zeros pad the last) with their files."""
+    def read(path: Path) -> np.ndarray | None:
+        try:
+            return load_image(path, pre)
+        except ImageError as err:
+            report(path, str(err))
+            return None
+
+    images, names = [], []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # Pillow decodes off the GIL
+        for path, image in zip(files, pool.map(read, files), strict=True):
+            if image is None:
+                continue
+            images.append(image)
+            names.append(path)
+            if len(images) == batch_size:
+                yield np.stack(images), names
+                images, names = [], []
+    if images:
+        pad = np.zeros((batch_size - len(images), *images[0].shape), np.float32)
+        yield np.concatenate([np.stack(images), pad]), names
+
+
+class ChunkStore:
+    """Results in ``<out>.parts/`` as atomically written chunks, merged at the end.
+
+    ``settings`` describe the run; finding chunks of a run with other settings is an error
+    rather than a silent mix of features.
+    """
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+        self.dir = out.with_name(out.name + ".parts")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "settings.json"
+        if meta.exists():
+            saved = json.loads(meta.read_text())
+            if saved != settings:
+                raise ValueError(f"{self.dir} holds results of a run with other settings "
+                                 f"({saved}); delete it or choose another --out")
+        else:
+            _atomic_write(meta, lambda f: f.write(json.dumps(settings).encode()))
+        self.parts = sorted(self.dir.glob("part-*.npz"))
+
+    def done(self) -> set[str]:
+        """Files whose results are already stored."""
+        names: set[str] = set()
+        for part in self.parts:
+            with np.load(part) as data:
+                names.update(data["files"].tolist())
+        return names
+
+    def add(self, results: dict[str, np.ndarray], files: list[str]) -> None:
+        part = self.dir / f"part-{len(self.parts):06d}.npz"
+        _atomic_write(part, lambda f: np.savez(f, files=np.asarray(files), **results))
+        self.parts.append(part)
+
+    def merged(self) -> dict[str, np.ndarray]:
+        loaded = [dict(np.load(p)) for p in self.parts]
+        return {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]} if loaded else {}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as stream:
+        write(stream)
+    os.replace(tmp, path)
+
+
+def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: Preprocess, *,
+            layer: str = "pre_logits", k: int = 0, batch_size: int = 32, chunk_batches: int = 8,
+            workers: int = 4, settings: dict[str, Any] | None = None,
+            on_topk: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+            progress: bool | None = None) -> dict[str, Any]:
+    """Run ``model`` over ``files`` and write ``out``; returns the merged results plus
+    ``skipped`` (``{file: reason}``). ``k > 0`` also keeps each image's top-k classes
+    (``topk_index``, ``topk_prob``) and calls ``on_topk(file, indices, probs)`` per image."""
+    from tqdm import tqdm
+
+    if out.suffix not in (".npz", ".npy"):
+        raise ValueError(f"--out must end in .npz or .npy, got {out}")
+    store = ChunkStore(out, {**(settings or {}), "layer": layer, "k": k,
+                             "preprocess": dataclasses.asdict(pre)})
+    done = store.done()
+    todo = [f for f in files if str(f) not in done]
+    forward = make_forward(model, layer, with_logits=k > 0)
+    skipped: dict[str, str] = {}
+    pending: dict[str, list[np.ndarray]] = {}
+    pending_files: list[str] = []
+
+    def flush() -> None:
+        if pending_files:
+            store.add({key: np.concatenate(v) for key, v in pending.items()}, pending_files)
+            pending.clear()
+            pending_files.clear()
+
+    with tqdm(total=len(files), initial=len(files) - len(todo), unit="img",
+              disable=None if progress is None else not progress,  # None: only on a TTY
+              file=sys.stderr) as bar:
+        def report(path: Path, reason: str) -> None:
+            skipped[str(path)] = reason
+            bar.update(1)
+
+        for images, names in _batches(todo, pre, batch_size, workers, report):
+            result = {key: np.asarray(v)[:len(names)] for key, v in
+                      forward(variables, images).items()}
+            batch = {"features": result["features"]}
+            if k:
+                batch["topk_index"], batch["topk_prob"] = topk(result["logits"], k)
+                for i, name in enumerate(names if on_topk else ()):
+                    on_topk(str(name), batch["topk_index"][i], batch["topk_prob"][i])
+            for key, value in batch.items():
+                pending.setdefault(key, []).append(value)
+            pending_files.extend(map(str, names))
+            bar.update(len(names))
+            if len(pending_files) >= chunk_batches * batch_size:
+                flush()
+        flush()
+    results = store.merged()
+    if not results:
+        raise ValueError(f"none of the {len(files)} file(s) is a readable image")
+    _write_output(out, results, sorted(skipped))
+    store.remove()
+    return {**results, "skipped": skipped}
+
+
+def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str]) -> None:
+    if out.suffix == ".npz":
+        _atomic_write(out, lambda f: np.savez(f, skipped=np.asarray(skipped, dtype=str),
+                                              **results))
+        return
+    _atomic_write(out, lambda f: np.save(f, results["features"]))
+    index = out.with_name(out.name.removesuffix(".npy") + ".files.txt")
+    _atomic_write(index, lambda f: f.write("".join(n + "\n" for n in results["files"])
+                                           .encode()))
+
+
+def _preprocess_for(args: argparse.Namespace) -> Preprocess:
+    """The weights' own config when known, else ImageNet defaults; flags override."""
+    from resnext_jax.weights import get_pretrained_cfg, read_weights
+
+    cfg_name = None
+    src = args.pretrained
+    if src and src.endswith(".msgpack") and os.path.isfile(src):
+        cfg_name = read_weights(src)[0].get("pretrained")
+    elif src in ("True", "true"):
+        cfg_name = args.model
+    elif src:
+        cfg_name = src.removeprefix("hf-hub:").split("/")[-1]
+    try:
+        pre = Preprocess.from_pretrained(get_pretrained_cfg(cfg_name)) if cfg_name else None
+    except KeyError:
+        pre = None
+    if pre is None:
+        print("note: no pretrained config for these weights; using ImageNet defaults "
+              "(224 crop of the 256 short side, ImageNet mean/std) unless flags say otherwise",
+              file=sys.stderr)
+        pre = Preprocess()
+    overrides = {k: v for k, v in dict(size=args.input_size, crop_pct=args.crop_pct,
+                                       interpolation=args.interpolation,
+                                       mean=args.mean and tuple(args.mean),
+                                       std=args.std and tuple(args.std)).items()
+                 if v is not None}
+    return dataclasses.replace(pre, **overrides)
+
+
+def _label_names(path: str | None, num_classes: int) -> list[str]:
+    if path:
+        names = Path(path).read_text(encoding="utf-8").splitlines()
+    elif num_classes == 1000:
+        return [name.split(",")[0] for name in imagenet_labels()]
+    else:
+        names = [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{path} has {len(names)} labels for a {num_classes}-class model")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resnext_jax.extract", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="zoo name (resnext_jax.list_models())")
+    p.add_argument("--pretrained", help="weights: True (the model's default set), a weight-set "
+                   "name, a Hub id (timm/...), or a .safetensors/.pth/.msgpack file; "
+                   "without it the weights are random")
+    p.add_argument("--out", type=Path, help=".npz or .npy file (required unless --topk)")
+    p.add_argument("--layer", default="pre_logits", choices=LAYERS,
+                   help="what to save: pooled pre-logits (default), logits, or a stage's maps")
+    p.add_argument("--topk", type=int, default=0, metavar="K",
+                   help="print the K most likely classes of each image")
+    p.add_argument("--labels", help="class names, one a line (default: ImageNet for 1000 "
+                   "classes, else class indices)")
+    p.add_argument("--num-classes", type=int, help="head size, when the weights' differs "
+                   "from the model's default")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=4, help="image-decoding threads")
+    p.add_argument("--input-size", type=int, help="override the crop size")
+    p.add_argument("--crop-pct", type=float, help="override the crop fraction")
+    p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic", "lanczos"))
+    p.add_argument("--mean", type=float, nargs=3)
+    p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out is None and not args.topk:
+        build_parser().error("give --out FILE, --topk K, or both")
+    import jax
+
+    from resnext_jax.zoo import create_model
+
+    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    pretrained = True if args.pretrained in ("True", "true") else args.pretrained
+    pre = _preprocess_for(args)
+    if pretrained:
+        model, variables = create_model(args.model, pretrained=pretrained, **overrides)
+    else:
+        print("note: no --pretrained given: the weights are random", file=sys.stderr)
+        model = create_model(args.model, **overrides)
+        variables = jax.jit(model.init)(jax.random.key(0),
+                                        np.zeros((1, pre.size, pre.size, 3), np.float32))
+    labels = _label_names(args.labels, model.num_classes) if args.topk else []
+
+    def show(name: str, index: np.ndarray, prob: np.ndarray) -> None:
+        print(name + ": " + ", ".join(f"{labels[i]} ({p:.3f})" for i, p in zip(index, prob,
+                                                                               strict=True)))
+
+    files = list_images(args.inputs)
+    settings = {"model": args.model, "pretrained": args.pretrained,
+                "num_classes": model.num_classes}
+    with tempfile.TemporaryDirectory() as tmp:  # top-k only: the results are not kept
+        results = extract(model, variables, files, args.out or Path(tmp) / "topk.npz", pre,
+                          layer=args.layer, k=args.topk, batch_size=args.batch_size,
+                          workers=args.workers, settings=settings,
+                          on_topk=show if args.topk else None,
+                          progress=False if args.no_progress else None)
+    for reason in results["skipped"].values():
+        print(f"skipped {reason}", file=sys.stderr)
+    shape = results["features"].shape
+    print(f"{shape[0]} image(s), {args.layer} {shape[1:]}, {len(results['skipped'])} "
+          f"skipped" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
