@@ -20,9 +20,15 @@ setup(
         "tensorflow-cpu>=2.16; platform_system == 'Linux'",
         "tensorflow>=2.16; platform_system != 'Linux'",
         "numpy>=1.26",
+        # extract.py (images, progress) and viz.py (figures)
+        "Pillow>=9.1",
+        "tqdm>=4.64",
+        "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "ruff>=0.6",
+                 # tests/test_notebooks.py runs the notebooks headless
+                 "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
