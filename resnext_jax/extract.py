@@ -277,22 +277,29 @@ def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str])
                                            .encode()))
 
 
-def _preprocess_for(args: argparse.Namespace) -> Preprocess:
-    """The weights' own config when known, else ImageNet defaults; flags override."""
+def preprocess_for(pretrained: str | bool | None, model_name: str) -> Preprocess | None:
+    """The eval transform of known weights: ``pretrained`` is ``True`` (the model's default
+    set), a weight-set name, a Hub id named after a set, or a ``.msgpack`` file saved with
+    ``pretrained=SET``; ``None`` when nothing is known about them."""
     from resnext_jax.weights import get_pretrained_cfg, read_weights
 
-    cfg_name = None
-    src = args.pretrained
-    if src and src.endswith(".msgpack") and os.path.isfile(src):
-        cfg_name = read_weights(src)[0].get("pretrained")
-    elif src in ("True", "true"):
-        cfg_name = args.model
-    elif src:
-        cfg_name = src.removeprefix("hf-hub:").split("/")[-1]
+    if pretrained is True or pretrained in ("True", "true"):
+        name = model_name
+    elif not pretrained:
+        return None
+    elif str(pretrained).endswith(".msgpack") and os.path.isfile(pretrained):
+        name = read_weights(pretrained)[0].get("pretrained")
+    else:
+        name = str(pretrained).removeprefix("hf-hub:").split("/")[-1]
     try:
-        pre = Preprocess.from_pretrained(get_pretrained_cfg(cfg_name)) if cfg_name else None
+        return Preprocess.from_pretrained(get_pretrained_cfg(name)) if name else None
     except KeyError:
-        pre = None
+        return None
+
+
+def _preprocess_for(args: argparse.Namespace) -> Preprocess:
+    """The weights' own config when known, else ImageNet defaults; flags override."""
+    pre = preprocess_for(args.pretrained, args.model)
     if pre is None:
         print("note: no pretrained config for these weights; using ImageNet defaults "
               "(224 crop of the 256 short side, ImageNet mean/std) unless flags say otherwise",

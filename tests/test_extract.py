@@ -94,6 +94,9 @@ def test_preprocessing_comes_from_the_weights_config(weights, tmp_path):
     args = parser.parse_args(["--model", "m", "--pretrained", str(tagged), "x", "--topk", "1",
                               "--input-size", "64"])
     assert ex._preprocess_for(args) == ex.Preprocess(64, 224 / 232, "bilinear")
+    assert ex.preprocess_for(True, "seresnext26d_32x4d") == ex.Preprocess(224, 0.875, "bicubic")
+    assert ex.preprocess_for(None, "seresnext50_32x4d") is None
+    assert ex.preprocess_for("timm/unknown_model.x", "seresnext50_32x4d") is None
 
 
 def _spy_forward(monkeypatch, fail_on_call=None):
