@@ -54,9 +54,8 @@ def resolve_source(source: Source, model_name: str | None = None,
             raise WeightsFileError(f"weight set {source!r} has no Hugging Face Hub copy: "
                                    f"download {cfg.url} and pass the file's path")
         return resolve_hub(cfg.hf_hub_id, cache_dir)
-    if source.endswith(SAFETENSORS + TORCH_PICKLES + NATIVE) or os.sep in source.lstrip("."):
-        if not is_hub_id(source):
-            raise WeightsFileError(f"no such file: {source}")
+    if source.endswith(SAFETENSORS + TORCH_PICKLES + NATIVE):  # a path, not a Hub repo
+        raise WeightsFileError(f"no such file: {source}")
     if is_hub_id(source):
         return resolve_hub(source, cache_dir)
     raise WeightsFileError(f"{source!r} is neither a file, a known weight set "

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 from resnext_jax.model import ResNet
+from resnext_jax.weights.errors import WeightsError
 
 LAYOUTS = ("torchvision", "timm", "legacy")
 
@@ -93,6 +94,6 @@ def detect_layout(keys: Iterable[str]) -> str:
     if "conv1.weight" in keys or any(k.startswith("layer1.0.") for k in keys):
         return "torchvision"
     sample = ", ".join(sorted(keys)[:5]) or "(no keys)"
-    raise ValueError("cannot tell the weight layout: expected torchvision / timm keys such as "
+    raise WeightsError("cannot tell the weight layout: expected torchvision / timm keys such as "
                      "'conv1.weight' and 'layer1.0.conv1.weight', or legacy SENet keys such as "
                      f"'layer0.conv1.weight'; the file has {len(keys)} keys, e.g. {sample}")

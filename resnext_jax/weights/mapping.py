@@ -9,6 +9,7 @@ conv weights <-> Dense kernels ``(in, out)``, BN running stats <-> ``batch_stats
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,6 +114,11 @@ class LoadReport:
         return "\n".join(lines + self.notes + ([self.problems()] if not self.ok else []))
 
 
+def _natural(name: str) -> list:
+    """Sort key that puts ``layer3.2`` before ``layer3.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _first(names: list[str]) -> str:
     more = len(names) - _SHOWN
     return ", ".join(names[:_SHOWN]) + (f", ... (+{more} more)" if more > 0 else "")
@@ -131,7 +137,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: ResNet, *,
     """
     prefix = strip_prefix(state_dict)
     tensors = {k[len(prefix):]: v for k, v in state_dict.items()}
-    layout = detect_layout(tensors) if layout == "auto" else layout
+    try:
+        layout = detect_layout(tensors) if layout == "auto" else layout
+    except WeightsError as err:
+        raise WeightsError(f"{source}: {err}") from None
     report = LoadReport(source, layout)
     report.dropped = sorted(k for k in tensors if k.endswith(DROPPED_SUFFIXES))
     flat, used = {}, set(report.dropped)
@@ -150,8 +159,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: ResNet, *,
             continue
         flat[path] = np.asarray(_to_flax(tensors[name], kind), dtype=spec.dtype)
     head = {"fc.weight", "fc.bias", "last_linear.weight", "last_linear.bias"}
-    report.unexpected = sorted(k for k in tensors if k not in used
-                               and not (skip_head and k in head))
+    report.unexpected = sorted((k for k in tensors if k not in used
+                                and not (skip_head and k in head)), key=_natural)
+    report.missing.sort(key=_natural)
+    report.mismatched.sort(key=lambda item: _natural(item[0]))
     report.loaded = len(flat)
     if not report.ok:
         if strict:

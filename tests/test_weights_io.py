@@ -1,0 +1,323 @@
+"""Weight files, Hub ids, strict mapping errors, heads, our own format and the round trip."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.traverse_util import flatten_dict
+from test_weights_parity import FIXTURES, MANIFEST, fixture_model, fixture_state
+
+import resnext_jax as rx
+from resnext_jax.weights import (
+    PRETRAINED,
+    WeightsError,
+    WeightsFileError,
+    detect_layout,
+    export_torch,
+    flax_to_torch,
+    load_pretrained,
+    read_state_dict,
+    resolve_hub,
+    torch_to_flax,
+    write_safetensors,
+)
+
+FIXTURE = "timm_seresnext"
+FIXTURE_FILE = os.path.join(FIXTURES, f"{FIXTURE}.safetensors")
+
+
+def _flat(variables: dict) -> dict:
+    return {k: np.asarray(v) for k, v in flatten_dict(variables).items()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    fa, fb = _flat(a), _flat(b)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+        np.testing.assert_array_equal(fa[key], fb[key], err_msg="/".join(key))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[rx.ResNet, dict]:
+    """A zoo model with random variables (drawn directly: model.init would compile)."""
+    model = rx.create_model("tiny_seresnext")
+    shapes = jax.eval_shape(model.init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(1)
+    return model, jax.tree_util.tree_map(
+        lambda s: jnp.asarray(np.abs(rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
+
+
+# --- round trip and layouts ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["fixtures"]))
+def test_torch_flax_torch_round_trip_is_lossless(name: str, tmp_path: object) -> None:
+    state = fixture_state(name)
+    model = fixture_model(name)
+    variables, _ = torch_to_flax(state, model)
+    layout = MANIFEST["fixtures"][name]["layout"]
+    path = os.path.join(str(tmp_path), "export.safetensors")
+    export_torch(path, variables, model, layout=layout)
+    back = read_state_dict(path)
+    assert back.keys() == state.keys()
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):  # a step counter flax does not keep
+            assert back[key] == 0 and back[key].dtype == value.dtype
+        else:
+            np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def test_export_defaults_to_the_models_layout(tiny: tuple) -> None:
+    model, variables = tiny
+    assert detect_layout(flax_to_torch(variables, model)) == "timm"
+    legacy = rx.create_model("tiny_legacy_seresnext")
+    shapes = jax.eval_shape(legacy.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    names = flax_to_torch(jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                          legacy)
+    assert "layer0.conv1.weight" in names and "last_linear.weight" in names
+    assert "layer1.0.se_module.fc1.weight" in names
+
+
+def test_unknown_layout_is_named() -> None:
+    with pytest.raises(WeightsError, match="x.pt: cannot tell the weight layout.*encoder.weight"):
+        torch_to_flax({"encoder.weight": np.zeros(2), "decoder.bias": np.zeros(2)},
+                      fixture_model(FIXTURE), source="x.pt")
+
+
+def test_wrapper_prefix_and_half_precision_load() -> None:
+    state = fixture_state(FIXTURE)
+    model = fixture_model(FIXTURE)
+    want, _ = torch_to_flax(state, model)
+    half = {f"module.{k}": (v.astype(np.float16) if v.dtype == np.float32 else v)
+            for k, v in state.items()}
+    got, _ = torch_to_flax(half, model)
+    for key, value in _flat(got).items():
+        assert value.dtype == np.float32
+        np.testing.assert_allclose(value, _flat(want)[key], rtol=1e-3, atol=1e-3)
+
+
+# --- strict errors: nothing half-loaded ----------------------------------------------------
+
+def test_missing_keys_are_named_with_model_and_file(tmp_path: object) -> None:
+    state = fixture_state(FIXTURE)
+    del state["layer2.0.conv2.weight"], state["layer3.1.se.fc1.bias"]
+    path = os.path.join(str(tmp_path), "partial.safetensors")
+    write_safetensors(path, state)
+    model = fixture_model(FIXTURE)
+    with pytest.raises(WeightsError) as err:
+        load_pretrained(model, path, model_name="my_model")
+    text = str(err.value)
+    assert path in text and "'my_model'" in text and "nothing was loaded" in text
+    assert "2 missing from the file: layer2.0.conv2.weight, layer3.1.se.fc1.bias" in text
+
+
+def test_checkpoint_of_another_architecture_is_refused() -> None:
+    state = fixture_state("timm_seresnext")
+    with pytest.raises(WeightsError) as err:
+        torch_to_flax(state, fixture_model("timm_resnext"), source="se.safetensors")
+    text = str(err.value)
+    assert "se.safetensors (timm layout)" in text
+    assert "15 missing from the file: layer2.1.bn1.bias" in text
+    assert "unexpected in the file: layer1.0.se.fc1.bias" in text
+
+
+def test_shape_mismatches_are_named_with_both_shapes() -> None:
+    model = fixture_model("timm_seresnext_d", cardinality=8, base_width=8)  # same widths
+    with pytest.raises(WeightsError) as err:
+        torch_to_flax(fixture_state("timm_seresnext_d"), model)
+    assert "layer1.0.conv2.weight (file (8, 2, 3, 3), model (8, 1, 3, 3))" in str(err.value)
+
+
+def test_error_names_the_zoo_model_the_file_fits(tiny: tuple) -> None:
+    model, variables = tiny
+    state = flax_to_torch(variables, model)
+    with pytest.raises(WeightsError, match="the file matches 'tiny_seresnext'"):
+        torch_to_flax(state, rx.create_model("tiny_resnext"), model_name="tiny_resnext")
+
+
+def test_non_strict_keeps_base_for_missing(tiny: tuple) -> None:
+    model, variables = tiny
+    state = flax_to_torch(variables, model)
+    del state["fc.bias"]
+    base = jax.tree_util.tree_map(jnp.ones_like, variables)
+    got, report = torch_to_flax(state, model, strict=False, base=base)
+    assert report.missing == ["fc.bias"]
+    np.testing.assert_array_equal(got["params"]["fc"]["bias"], 1.0)
+    np.testing.assert_array_equal(got["params"]["fc"]["kernel"],
+                                  variables["params"]["fc"]["kernel"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_safetensors_fails_naming_the_file(damage: str, tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "bad.safetensors")
+    data = open(FIXTURE_FILE, "rb").read()
+    data = data[: len(data) // 2] if damage == "truncate" else b"\x07" * 64 + data[64:]
+    open(path, "wb").write(data)
+    with pytest.raises(WeightsFileError, match="bad.safetensors is not a readable safetensors"):
+        load_pretrained(fixture_model(FIXTURE), path)
+
+
+def test_unknown_source_and_extension(tmp_path: object) -> None:
+    with pytest.raises(WeightsFileError, match="no such file"):
+        load_pretrained(fixture_model(FIXTURE), "missing/weights.safetensors")
+    with pytest.raises(WeightsFileError, match="neither a file, a known weight set"):
+        load_pretrained(fixture_model(FIXTURE), "not-a-weight-set")
+    other = os.path.join(str(tmp_path), "w.h5")
+    open(other, "wb").write(b"x")
+    with pytest.raises(WeightsFileError, match="unknown checkpoint type"):
+        read_state_dict(other)
+
+
+# --- the classifier head -------------------------------------------------------------------
+
+def test_wrong_num_classes_needs_opt_in() -> None:
+    model = fixture_model(FIXTURE, num_classes=5)
+    with pytest.raises(WeightsError, match="10-class head.*num_classes=5.*num_classes=10"):
+        load_pretrained(model, FIXTURE_FILE)
+
+
+def test_new_head_keeps_backbone_and_says_so() -> None:
+    full, _ = load_pretrained(fixture_model(FIXTURE), FIXTURE_FILE)
+    model = fixture_model(FIXTURE, num_classes=5)
+    with pytest.warns(UserWarning, match="backbone is loaded.*re-initialised for 5 classes"):
+        got, report = load_pretrained(model, FIXTURE_FILE, reset_head=True)
+    assert got["params"]["fc"]["kernel"].shape == (64 * 4, 5)
+    assert any("new head" in note for note in report.notes)
+    for key, value in _flat(full).items():
+        if key[1] != "fc":
+            np.testing.assert_array_equal(_flat(got)[key], value)
+    assert jax.eval_shape(model.apply, got, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
+
+
+def test_backbone_without_head() -> None:
+    model = fixture_model(FIXTURE, features_only=True)
+    got, report = load_pretrained(model, FIXTURE_FILE)
+    assert "fc" not in got["params"] and report.ok
+    assert set(jax.eval_shape(model.apply, got, jnp.ones((1, 32, 32, 3)))) >= {"pre_logits"}
+
+
+# --- PyTorch pickles -----------------------------------------------------------------------
+
+class _Payload:
+    """Pickles to a call of os.system: what a hostile checkpoint carries."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_pickle_that_runs_code_is_refused(container: str, tmp_path: object) -> None:
+    marker = os.path.join(str(tmp_path), "pwned")
+    data = pickle.dumps({"state_dict": {"conv1.weight": _Payload(marker)}}, protocol=2)
+    path = os.path.join(str(tmp_path), "evil.pth")
+    if container == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/data.pkl", data)
+            archive.writestr("archive/version", "3\n")
+    else:
+        open(path, "wb").write(data)
+    with pytest.raises(WeightsFileError) as err:
+        load_pretrained(fixture_model(FIXTURE), path)
+    assert "refusing" in str(err.value) and "system" in str(err.value)
+    assert ".safetensors" in str(err.value) and path in str(err.value)
+    assert not os.path.exists(marker)
+
+
+def test_truncated_pth_is_refused(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "cut.pth")
+    data = open(os.path.join(FIXTURES, "timm_seresnext_t.pth"), "rb").read()
+    open(path, "wb").write(data[: len(data) // 3])
+    with pytest.raises(WeightsFileError, match="cut.pth is not a readable PyTorch checkpoint"):
+        read_state_dict(path)
+
+
+def test_pth_without_torch_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(WeightsFileError, match="needs torch.*pip install torch"):
+        read_state_dict(os.path.join(FIXTURES, "timm_seresnext_t.pth"))
+
+
+def test_pth_with_torch_equals_safetensors() -> None:
+    pytest.importorskip("torch", reason="reading .pth needs torch (not in CI)")
+    got = read_state_dict(os.path.join(FIXTURES, "timm_seresnext_t.pth"))
+    want = fixture_state("timm_seresnext_t")
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+# --- Hugging Face Hub cache ----------------------------------------------------------------
+
+def _hub_cache(root: str, repo_id: str, source: str) -> str:
+    """A cache laid out as huggingface_hub lays it out: refs/main -> snapshots/<commit>."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+    os.makedirs(os.path.join(repo, "refs"))
+    os.makedirs(os.path.join(repo, "snapshots", commit))
+    open(os.path.join(repo, "refs", "main"), "w").write(commit)
+    shutil.copy(source, os.path.join(repo, "snapshots", commit, "model.safetensors"))
+    return os.path.join(repo, "snapshots", commit, "model.safetensors")
+
+
+@pytest.fixture
+def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    import huggingface_hub.constants
+
+    root = os.path.join(str(tmp_path), "hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", root)
+    return root
+
+
+def test_hub_id_resolves_from_offline_cache(offline_cache: str) -> None:
+    expected = _hub_cache(offline_cache, "timm/fixture.test_in1k", FIXTURE_FILE)
+    assert resolve_hub("hf-hub:timm/fixture.test_in1k") == expected
+    got, _ = load_pretrained(fixture_model(FIXTURE), "timm/fixture.test_in1k")
+    want, _ = load_pretrained(fixture_model(FIXTURE), FIXTURE_FILE)
+    _assert_same(got, want)
+
+
+def test_create_model_from_hub_id(offline_cache: str, tiny: tuple, tmp_path: object) -> None:
+    model, variables = tiny
+    exported = os.path.join(str(tmp_path), "tiny.safetensors")
+    export_torch(exported, variables, model)
+    _hub_cache(offline_cache, "someone/tiny_seresnext.test", exported)
+    built, loaded = rx.create_model("tiny_seresnext", pretrained="someone/tiny_seresnext.test")
+    assert built == model
+    _assert_same(loaded, variables)
+
+
+def test_offline_miss_is_explained(offline_cache: str) -> None:
+    with pytest.raises(WeightsFileError, match="racm_in1k.*offline mode is on"):
+        rx.create_model("seresnext50_32x4d", pretrained=True)
+    with pytest.raises(WeightsFileError, match="no Hugging Face Hub copy: download https"):
+        rx.create_model("legacy_seresnext50_32x4d", pretrained=True)
+    with pytest.raises(WeightsError, match="is for model 'seresnext50_32x4d', not"):
+        rx.create_model("resnext50_32x4d", pretrained="seresnext50_32x4d.racm_in1k")
+
+
+# --- pretrained configs --------------------------------------------------------------------
+
+def test_pretrained_configs() -> None:
+    published = {"resnext50_32x4d.tv_in1k": 77.618, "resnext50_32x4d.tv2_in1k": 81.198,
+                 "resnext101_32x8d.tv_in1k": 79.312, "resnext101_32x8d.tv2_in1k": 82.834,
+                 "resnext101_64x4d.tv_in1k": 83.246, "seresnext50_32x4d.racm_in1k": 81.268,
+                 "legacy_seresnext50_32x4d.in1k": 79.080}
+    for name, top1 in published.items():
+        assert PRETRAINED[name].top1 == top1
+    for cfg in PRETRAINED.values():
+        assert cfg.model in rx.list_models() and (cfg.hf_hub_id or cfg.url)
+        assert 0.8 < cfg.crop_pct <= 1 and cfg.interpolation in ("bilinear", "bicubic")
+    assert rx.get_pretrained_cfg("seresnext50_32x4d").name == "seresnext50_32x4d.racm_in1k"
+    assert rx.list_pretrained("legacy_*")[0] == "legacy_seresnext50_32x4d.in1k"
