@@ -52,7 +52,7 @@ class Conv(nn.Module):
     feature_group_count: int = 1
     padding: int | None = None  # None: PyTorch's padding for this kernel and stride
     use_bias: bool = False
-    lowering: str = "xla"
+    lowering: str = "auto"  # see resnext_jax.ops.resolve
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = conv_kernel_init

@@ -123,7 +123,7 @@ class ResNet(nn.Module):
     zero_init_last: bool = True
     features_only: bool = False
     remat: bool = False
-    lowering: str = "xla"
+    lowering: str = "auto"  # see resnext_jax.ops.resolve
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 

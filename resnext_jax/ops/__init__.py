@@ -5,7 +5,7 @@ convolution / reduce_window, forward and gradient. Other lowerings compute the s
 numbers from the same kernel layout, so checkpoints never depend on the lowering.
 """
 
-from resnext_jax.ops.conv import LOWERINGS, conv2d
+from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
 
-__all__ = ["LOWERINGS", "conv2d", "max_pool", "avg_pool_ceil"]
+__all__ = ["LOWERINGS", "conv2d", "resolve", "max_pool", "avg_pool_ceil"]

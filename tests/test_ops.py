@@ -1,0 +1,193 @@
+"""Every lowering computes XLA's numbers: outputs, input and kernel gradients."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnext_jax import create_model, ops
+from resnext_jax.ops.grouped import use_direct
+
+FAST = [name for name in ops.LOWERINGS if name not in ("xla", "auto")]
+
+# (groups, in per group, out per group, kernel, stride, size): narrow groups (direct forward),
+# wide groups (XLA forward), a widening grouped conv (SENet-154), 1x1 dots, the 7x7 stem,
+# odd sizes so that strided convolutions drop a last row.
+CONV_CASES = [
+    (4, 4, 4, 3, 1, 8),
+    (4, 4, 4, 3, 2, 9),
+    (2, 8, 8, 3, 2, 8),
+    (2, 4, 8, 3, 1, 7),
+    (2, 16, 16, 3, 2, 7),
+    (1, 8, 16, 1, 1, 6),
+    (1, 8, 16, 1, 2, 7),
+    (1, 3, 8, 7, 2, 11),
+    (1, 8, 8, 3, 1, 6),
+]
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
+
+
+def _conv_inputs(groups, cin, cout, k, size, dtype, batch=2):
+    kx, kk, kr = jax.random.split(jax.random.key(groups * 100 + cin * 10 + k), 3)
+    x = jax.random.normal(kx, (batch, size, size, groups * cin)).astype(dtype)
+    kernel = (jax.random.normal(kk, (k, k, cin, groups * cout)) / np.sqrt(k * k * cin))
+    return x, kernel.astype(dtype), kr
+
+
+def _conv_loss_and_grads(lowering, x, kernel, stride, groups, cotangent):
+    pad = ((kernel.shape[0] - 1) // 2,) * 2
+
+    def loss(x, kernel):
+        y = ops.conv2d(x, kernel, stride=stride, padding=(pad, pad), groups=groups,
+                       lowering=lowering)
+        return jnp.sum(y.astype(jnp.float32) * cotangent), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
+    return y, grads
+
+
+def _assert_close(actual, expected, dtype, what):
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    err = float(np.abs(actual - expected).max()) / scale
+    assert err <= TOL[dtype], f"{what}: max error {err:.2e} relative to {scale:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "g{}_{}to{}_k{}_s{}_hw{}".format(*c))
+def test_conv_lowerings_match_xla(case, dtype):
+    groups, cin, cout, k, stride, size = case
+    x, kernel, kr = _conv_inputs(groups, cin, cout, k, size, dtype)
+    out = (size + 2 * ((k - 1) // 2) - k) // stride + 1
+    cotangent = jax.random.normal(kr, (x.shape[0], out, out, groups * cout))
+    y_ref, (dx_ref, dk_ref) = _conv_loss_and_grads("xla", x, kernel, stride, groups, cotangent)
+    assert y_ref.dtype == dtype
+    for lowering in FAST:
+        y, (dx, dk) = _conv_loss_and_grads(lowering, x, kernel, stride, groups, cotangent)
+        assert y.dtype == dtype and dx.dtype == dtype and dk.dtype == dtype
+        _assert_close(y, y_ref, dtype, f"{lowering} output")
+        _assert_close(dx, dx_ref, dtype, f"{lowering} input gradient")
+        _assert_close(dk, dk_ref, dtype, f"{lowering} kernel gradient")
+
+
+def test_direct_form_is_used_for_narrow_groups_only():
+    assert use_direct((3, 3, 4, 128), 32) and use_direct((3, 3, 8, 256), 32)
+    assert not use_direct((3, 3, 16, 512), 32)  # wide groups: XLA's forward
+    assert not use_direct((3, 3, 4, 64), 1)  # dense: XLA's convolution
+
+
+@pytest.mark.parametrize("lowering", FAST)
+def test_vmap_and_grad_of_vmap(lowering):
+    x, kernel, _ = _conv_inputs(4, 4, 4, 3, 8, jnp.float32, batch=6)
+    x = x.reshape(3, 2, *x.shape[1:])  # a leading vmapped axis over batches of 2
+
+    def f(lowering, kernel):
+        conv = lambda v: ops.conv2d(v, kernel, stride=2, padding=((1, 1), (1, 1)),  # noqa: E731
+                                    groups=4, lowering=lowering)
+        return jnp.sum(jax.vmap(conv)(x) ** 2)
+
+    ref, ref_grad = jax.jit(jax.value_and_grad(lambda k: f("xla", k)))(kernel)
+    val, grad = jax.jit(jax.value_and_grad(lambda k: f(lowering, k)))(kernel)
+    _assert_close(val, ref, jnp.float32, "vmapped output")
+    _assert_close(grad, ref_grad, jnp.float32, "kernel gradient through vmap")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("ceil_mode,pad,size", [(False, 1, 9), (True, 0, 8), (False, 1, 8)])
+def test_max_pool_lowerings_match_xla(ceil_mode, pad, size, dtype):
+    # Rounded ReLU outputs: many ties, so the gradient's choice of maximum is exercised.
+    x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(size), (2, size, size, 3))) * 2)
+    x = x.astype(dtype)
+    results = {}
+    for lowering in ops.LOWERINGS:
+        def loss(x, lowering=lowering):
+            y = ops.max_pool(x, 3, 2, pad, ceil_mode=ceil_mode, lowering=lowering)
+            return jnp.sum(y.astype(jnp.float32) * jnp.arange(y.size).reshape(y.shape)), y
+        results[lowering] = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+    (_, y_ref), dx_ref = results["xla"]
+    for lowering, ((_, y), dx) in results.items():
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+        np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32),
+                                      err_msg=f"{lowering} max-pool gradient")
+
+
+def test_auto_resolution_and_errors():
+    assert ops.resolve("auto") == ("fast" if jax.default_backend() == "cpu" else "xla")
+    assert ops.resolve("xla") == "xla"
+    with pytest.raises(ValueError, match="unknown lowering 'cudnn'"):
+        ops.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 1, 2, 2)), lowering="cudnn")
+    with pytest.raises(ValueError, match="unknown lowering"):
+        ops.max_pool(jnp.zeros((1, 4, 4, 2)), lowering="fastest")
+
+
+def test_model_default_lowering_is_auto():
+    assert create_model("tiny_resnext").lowering == "auto"
+
+
+def test_tiny_seresnext_train_step_matches_xla():
+    """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads.
+
+    ``zero_init_last=False`` so that the residual branches reach the output, and maps of at
+    least 2x2 at the last stage so that train-mode BatchNorm statistics are well conditioned.
+    """
+    x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
+    weights = jax.random.normal(jax.random.key(2), (4, 10))
+    results = {}
+    for lowering in ("xla", "fast"):
+        model = create_model("tiny_seresnext", lowering=lowering, zero_init_last=False)
+        variables = model.init(jax.random.key(1), x)
+
+        def loss(params, model=model, variables=variables):
+            logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                    mutable=["batch_stats"])
+            return jnp.sum(logits * weights), logits
+
+        results[lowering] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    ((_, ref_logits), ref_grads), ((_, logits), grads) = results["xla"], results["fast"]
+    _assert_close(logits, ref_logits, jnp.float32, "logits")
+    flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref_grads))
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        _assert_close(g, flat_ref[path], jnp.float32, jax.tree_util.keystr(path))
+
+
+SHARDED = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from resnext_jax import ops
+    assert jax.device_count() == 4, jax.devices()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    x = jax.random.normal(jax.random.key(0), (8, 9, 9, 16))
+    x = jax.device_put(x, NamedSharding(mesh, P("data")))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 16)) / 6
+    def loss(x, kernel, lowering):
+        y = ops.conv2d(x, kernel, stride=2, padding=((1, 1), (1, 1)), groups=4,
+                       lowering=lowering)
+        y = ops.max_pool(jax.nn.relu(y), 3, 2, 1, lowering=lowering)
+        return jnp.sum(y ** 2)
+    out = {}
+    for lowering in ("xla", "einsum_grad", "fast"):
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+        val, (dx, dk) = step(x, kernel, lowering)
+        assert dx.sharding.is_equivalent_to(x.sharding, 4), dx.sharding
+        out[lowering] = (val, dx, dk)
+    for lowering in ("einsum_grad", "fast"):
+        for a, b in zip(out[lowering], out["xla"]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    print("sharded ok")
+""")
+
+
+def test_sharded_jit_over_four_cpu_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "sharded ok" in done.stdout, done.stderr[-3000:]
