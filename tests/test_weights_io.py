@@ -45,14 +45,18 @@ def _assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(fa[key], fb[key], err_msg="/".join(key))
 
 
-@pytest.fixture(scope="module")
-def tiny() -> tuple[rx.ResNet, dict]:
+def random_model(name: str) -> tuple[rx.ResNet, dict]:
     """A zoo model with random variables (drawn directly: model.init would compile)."""
-    model = rx.create_model("tiny_seresnext")
+    model = rx.create_model(name)
     shapes = jax.eval_shape(model.init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
     rng = np.random.default_rng(1)
     return model, jax.tree_util.tree_map(
         lambda s: jnp.asarray(np.abs(rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[rx.ResNet, dict]:
+    return random_model("tiny_seresnext")
 
 
 # --- round trip and layouts ----------------------------------------------------------------
@@ -70,6 +74,7 @@ def test_torch_flax_torch_round_trip_is_lossless(name: str, tmp_path: object) ->
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):  # a step counter flax does not keep
             assert back[key] == 0 and back[key].dtype == value.dtype
+            assert back[key].shape == value.shape == ()
         else:
             np.testing.assert_array_equal(back[key], value, err_msg=key)
 

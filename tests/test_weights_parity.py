@@ -101,3 +101,23 @@ def test_live_full_size_parity(name: str, tmp_path: object) -> None:
         err = np.abs(np.asarray(got[key]) - _nhwc(ref.numpy())).max()
         print(f"{name} {key}: max abs diff {err:.2e}, max |ref| {ref.abs().max():.2f}")
         assert err <= TOL, f"{name} {key}: max abs diff {err:.2e} > {TOL}"
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["fixtures"]))
+def test_export_loads_strictly_into_the_reference(name: str, tmp_path: object) -> None:
+    torch = pytest.importorskip("torch", reason="needs torch (not in CI)")
+    pytest.importorskip("timm", reason="needs timm (not in CI)")
+    pytest.importorskip("torchvision", reason="needs torchvision (not in CI)")
+    from make_weight_fixtures import FIXTURES as BUILDERS
+    from safetensors.torch import load_file as load_torch
+
+    model = fixture_model(name)
+    variables, _ = torch_to_flax(fixture_state(name), model)
+    path = os.path.join(str(tmp_path), "export.safetensors")
+    rx.export_torch(path, variables, model, layout=MANIFEST["fixtures"][name]["layout"])
+    reference = BUILDERS[name][2]()
+    reference.load_state_dict(load_torch(path), strict=True)
+    ref = load_file(os.path.join(FIXTURES, f"{name}.outputs.safetensors"))
+    with torch.no_grad():
+        logits = reference.eval()(torch.from_numpy(ref["input"])).numpy()
+    np.testing.assert_array_equal(logits, ref["logits"])

@@ -91,5 +91,6 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     """Save numpy ``tensors`` as safetensors (loadable by ``safetensors.torch.load_file``)."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(path),
+    # np.ascontiguousarray would turn 0-d counters into shape (1,); copy keeps the shape.
+    save_file({k: np.asarray(v).copy(order="C") for k, v in tensors.items()}, os.fspath(path),
               metadata=dict(metadata) if metadata else None)
