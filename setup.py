@@ -24,8 +24,13 @@ setup(
         "Pillow>=9.1",
         "tqdm>=4.64",
         "matplotlib>=3.7",
+        # weights/: PyTorch checkpoints without torch, and Hugging Face Hub ids
+        "safetensors>=0.4.3",
+        "huggingface_hub>=0.23",
     ],
     extras_require={
+        # reading .pth / .bin checkpoints (torch.load(weights_only=True)); never needed at run time
+        "torch": ["torch>=2.1"],
         "test": ["pytest>=8", "ruff>=0.6",
                  # tests/test_notebooks.py runs the notebooks headless
                  "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"],

@@ -3,9 +3,10 @@
 Like timm's pretrained configs: each set names the zoo model it fits, its Hub id, the
 evaluation transform (resize the shorter side to ``input_size / crop_pct`` with
 ``interpolation``, center-crop ``input_size``, normalise with ``mean`` / ``std``) and the
-published ImageNet-1k top-1 at that transform (see /shared/reference.md; ``None`` where no
-figure is on record there). torchvision sets use torchvision's own eval transform
-(resize 256 or 232, crop 224), which produced their published accuracy.
+published ImageNet-1k top-1 at that transform (torchvision's weight metadata, timm's
+results tables; ``None`` where the project has no published figure on record).
+torchvision sets use torchvision's own eval transform (resize 256 or 232, crop 224), which
+produced their published accuracy.
 """
 
 from __future__ import annotations
