@@ -178,7 +178,7 @@ def plot_se_excitations(exc: SEExcitations, path: str | Path | None = None,
             ax.plot(means[k], lw=0.8, label=names[k])
         ax.plot(exc.overall_mean(block), "k--", lw=0.8, label="all")
         ax.set(title=f"{block}  (eps$^2$ = {exc.specificity[block]:.2f})",
-               xlabel="channel index", ylim=(0, 1))
+               xlabel="channel index")
     axes[0].set_ylabel("mean excitation (gate)")
     axes[0].legend(fontsize=7, loc="lower left")
     ax = axes[-1]
@@ -232,10 +232,11 @@ def mosaic(tiles: np.ndarray, pad: int = 1, fill: float = np.nan) -> np.ndarray:
 def grouped_filter_mosaic(kernel: Any, groups: int, max_groups: int = 8,
                           max_filters: int = 4) -> np.ndarray:
     """The first ``max_groups`` groups one per row; in each row the first ``max_filters``
-    output filters of the group, each as its ``in/groups`` input-channel taps side by side."""
+    output filters of the group (3 pixels apart), each as its ``in/groups`` input-channel
+    taps side by side (1 pixel apart)."""
     tiles = grouped_filter_tiles(kernel, groups)[:max_groups, :max_filters]
-    g, f, i, kh, kw = tiles.shape
-    return mosaic(tiles.reshape(g, f * i, kh, kw))
+    filters = np.stack([[mosaic(f[None]) for f in group] for group in tiles])
+    return mosaic(filters, pad=3)
 
 
 def plot_grouped_filters(kernel: Any, groups: int, path: str | Path | None = None,

@@ -134,10 +134,12 @@ def test_grouped_filter_layout(tmp_path):
             expected = np.linalg.norm(kernel[:, :, i % in_g, o]) if same_group else 0.0
             np.testing.assert_allclose(dense[i, o], expected, rtol=1e-6)
     image = viz.grouped_filter_mosaic(kernel, groups, max_groups=2, max_filters=2)
-    assert image.shape == (2 * 4 - 1, 2 * in_g * 4 - 1)
-    # Row 1 (group 1), filter 1, input tap 2 -> tile column 1 * in_g + 2.
-    np.testing.assert_array_equal(image[4:7, 20:23], kernel[:, :, 2, 3])
-    assert np.isnan(image[3]).all() and np.isnan(image[:, 3]).all()
+    width = in_g * 4 - 1  # one filter: its 3 taps, 1 pixel apart
+    assert image.shape == (3 + 3 + 3, 2 * width + 3)
+    # Group 1 (rows 6-8), filter 1 (from column width + 3), input tap 2 (4 * 2 further).
+    np.testing.assert_array_equal(image[6:9, width + 3 + 8:width + 3 + 11], kernel[:, :, 2, 3])
+    np.testing.assert_array_equal(image[0:3, 0:3], kernel[:, :, 0, 0])
+    assert np.isnan(image[3:6]).all() and np.isnan(image[:, width:width + 3]).all()
     with pytest.raises(ValueError, match="divisible"):
         viz.grouped_filter_tiles(kernel, 3)
     viz.plot_grouped_filters(kernel, groups, tmp_path / "g.png")
