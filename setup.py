@@ -24,6 +24,12 @@ setup(
         "Pillow>=9.1",
         "tqdm>=4.64",
         "matplotlib>=3.7",
+        # train/: TensorBoard + logging writers; data/: the embedded digits dataset, and
+        # importlib_resources, which TFDS (etils) needs to register a local builder
+        "clu>=0.0.10",
+        "tensorboard>=2.16",
+        "scikit-learn>=1.2",
+        "importlib_resources>=5.10",
         # weights/: PyTorch checkpoints without torch, and Hugging Face Hub ids
         "safetensors>=0.4.3",
         "huggingface_hub>=0.23",

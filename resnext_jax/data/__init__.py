@@ -1,0 +1,8 @@
+"""tf.data + TFDS input pipelines (host CPU only; never imports the model or JAX)."""
+
+from resnext_jax.data.pipeline import EvalData, TrainData
+from resnext_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from resnext_jax.data.sources import DatasetNotFoundError, Source, open_source
+
+__all__ = ["DatasetNotFoundError", "EvalData", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess",
+           "Source", "TrainData", "open_source"]

@@ -1,0 +1,228 @@
+"""Input pipelines: imagenet2012 through tfds.testing.mock_data, a generated image folder,
+the embedded digits. Shapes, ranges, determinism, exact resume, disjoint shards, exactly-once
+eval, bad inputs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from resnext_jax import data
+
+SPLITS = {"train": 50, "validation": 23}
+
+
+def _fake_jpeg(index: int) -> bytes:
+    rng = np.random.default_rng(index)
+    h, w = rng.integers(24, 64, 2)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    encode = tf.io.encode_png if index % 5 == 0 else tf.io.encode_jpeg  # some PNGs too
+    return encode(image).numpy()
+
+
+def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kw):
+    """Examples whose label is their index in the split, honouring sub-splits (even_splits)."""
+    ids = [i for f in self.info.splits[split].file_instructions
+           for i in range(f.skip, f.skip + f.take)]
+    return tf.data.Dataset.from_generator(
+        lambda: ({"image": _fake_jpeg(i), "label": i} for i in ids),
+        output_signature={"image": tf.TensorSpec((), tf.string),
+                          "label": tf.TensorSpec((), tf.int64)})
+
+
+@pytest.fixture
+def imagenet(tmp_path):
+    """``imagenet2012`` with split sizes in its metadata and mocked examples."""
+    data_dir = str(tmp_path)
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+        dataset_name="imagenet2012", filetype_suffix="tfrecord")
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0,
+                            filename_template=template.replace(split=s))
+        for s, n in SPLITS.items()]))
+    os.makedirs(builder.data_path, exist_ok=True)
+    builder.info.write_to_directory(builder.data_path)
+    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset, data_dir=data_dir):
+        yield data.open_source("imagenet2012", data_dir=data_dir)
+
+
+PREP = data.Preprocess(image_size=32, crop_pct=0.875)
+
+
+def _train(source, *, shards=2, process=0, processes=1, batch=8, seed=0, **kw):
+    return data.TrainData(source, "train", PREP, global_batch=batch, num_shards=shards,
+                          process_index=process, process_count=processes, seed=seed, **kw)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _decode_labels(source, split):
+    return [int(e["label"]) for e in source.read(split).as_numpy_iterator()]
+
+
+def test_imagenet_train_batches_shapes_ranges_determinism(imagenet):
+    assert imagenet.num_classes == 1000
+    td = _train(imagenet)
+    assert td.steps_per_epoch == 25 // 4  # 25 examples per shard, 4 per shard per batch
+    first = _take(td.iterate(0), 8)  # crosses an epoch boundary (6 steps per epoch)
+    b = first[0]
+    assert b["image"].shape == (8, 32, 32, 3) and b["image"].dtype == np.float32
+    assert b["label"].dtype == np.int32
+    # normalised with ImageNet mean / std: pixel values 0..255 map into about [-2.2, 2.7]
+    assert -2.2 < b["image"].min() < -1.0 and 1.5 < b["image"].max() < 2.7
+    # global batch = 4 from shard 0 (labels 0-24) then 4 from shard 1 (25-49)
+    assert all(lab < 25 for lab in b["label"][:4]) and all(lab >= 25 for lab in b["label"][4:])
+    again = _take(_train(imagenet).iterate(0), 8)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    other = _take(_train(imagenet, seed=1).iterate(0), 1)[0]
+    assert not np.array_equal(other["label"], b["label"])
+    # one epoch sees distinct examples; the next epoch is reshuffled
+    epoch0 = np.concatenate([x["label"] for x in first[:6]])
+    assert len(set(epoch0)) == len(epoch0)
+    assert not np.array_equal(first[6]["label"], first[0]["label"])
+
+
+def test_imagenet_resume_mid_epoch_is_exact(imagenet):
+    full = _take(_train(imagenet).iterate(0), 9)
+    resumed = _take(_train(imagenet).iterate(4), 5)
+    for x, y in zip(full[4:], resumed, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])  # same crops and flips too
+        np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_processes_read_disjoint_shards_and_assemble_the_same_global_batch(imagenet):
+    one = _take(_train(imagenet, shards=2).iterate(0), 3)
+    parts = [_take(_train(imagenet, shards=2, process=p, processes=2, batch=8).iterate(0), 3)
+             for p in range(2)]
+    seen = [set(), set()]
+    for step in range(3):
+        for p in range(2):
+            assert parts[p][step]["image"].shape[0] == 4  # the process-local half
+            seen[p] |= set(parts[p][step]["label"].tolist())
+        glued = np.concatenate([parts[0][step]["image"], parts[1][step]["image"]])
+        np.testing.assert_array_equal(glued, one[step]["image"])
+    assert not seen[0] & seen[1]
+    with pytest.raises(ValueError, match="num_shards=3 must be a multiple"):
+        _train(imagenet, shards=3, processes=2, batch=6)
+
+
+@pytest.mark.parametrize("processes,batch", [(1, 8), (2, 8), (3, 6)])
+def test_eval_covers_every_example_exactly_once(imagenet, processes, batch):
+    labels, steps = [], set()
+    for p in range(processes):
+        ed = data.EvalData(imagenet, "validation", PREP, global_batch=batch, process_index=p,
+                           process_count=processes)
+        batches = list(ed)
+        steps.add(len(batches))
+        for b in batches:
+            assert b["image"].shape == (batch // processes, 32, 32, 3)
+            labels += b["label"][b["mask"] == 1].tolist()
+            assert np.all(b["image"][b["mask"] == 0] == 0)
+    assert len(steps) == 1  # every process runs the same number of eval steps
+    assert sorted(labels) == list(range(SPLITS["validation"]))
+
+
+def test_inception_crop_and_center_crop_geometry():
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[:, 20:80] = 255  # a centred 60x60 white square; the eval crop (0.875) is inside it
+    example = {"image": tf.io.encode_png(image), "label": tf.constant(3, tf.int64)}
+    prep = data.Preprocess(image_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    out = prep.eval(example)
+    assert out["image"].shape == (16, 16, 3) and int(out["label"]) == 3
+    np.testing.assert_allclose(out["image"].numpy(), 255.0)
+    crops = [prep.train(example, tf.constant([7, i], tf.int64))["image"].numpy()
+             for i in range(20)]
+    assert all(c.shape == (16, 16, 3) for c in crops)
+    assert len({c.tobytes() for c in crops}) > 10  # random area / aspect / flip
+    assert any(c.min() == 0 for c in crops) and all(c.max() == 255 for c in crops)
+    np.testing.assert_array_equal(crops[0], prep.train(example, tf.constant([7, 0],
+                                                                            tf.int64))["image"])
+
+
+def test_cifar_pad_crop_shifts_by_at_most_pad():
+    image = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1) % 251
+    example = {"image": tf.io.encode_png(image.astype(np.uint8)), "label": tf.constant(0)}
+    prep = data.Preprocess(image_size=32, channels=1, train_kind="pad_crop", pad=4, flip=False,
+                           mean=(0,), std=(1,))
+    out = prep.train(example, tf.constant([1, 2], tf.int64))["image"].numpy()[..., 0]
+    shifts = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+              if np.array_equal(out[8:24, 8:24], image[8 + dy:24 + dy, 8 + dx:24 + dx, 0])]
+    assert len(shifts) == 1
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("test", 3)):
+        for c in ("cat", "dog", "fox"):
+            os.makedirs(root / split / c)
+            for i in range(per_class):
+                img = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+                (root / split / c / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")
+    (root / "train" / "fox" / "notes.txt").write_text("ignored: not an image extension")
+    return str(root)
+
+
+def test_image_folder_through_the_same_pipeline(folder):
+    source = data.open_source(folder)
+    assert source.num_classes == 3 and source.skipped == 1
+    assert source.num_examples("train") == 18 and source.num_examples("test") == 9
+    assert sorted(_decode_labels(source, "train")) == [0] * 6 + [1] * 6 + [2] * 6
+    td = data.TrainData(source, "train", PREP, global_batch=6, num_shards=1, process_index=0,
+                        process_count=1, seed=0)
+    b = next(td.iterate(0))
+    assert b["image"].shape == (6, 32, 32, 3) and set(b["label"]) <= {0, 1, 2}
+    parts = [set(_decode_read(source, s)) for s in range(2)]
+    assert not parts[0] & parts[1] and len(parts[0] | parts[1]) == 18
+    ed = data.EvalData(source, "test", PREP, global_batch=4, process_index=0, process_count=1)
+    assert sum(int(b["mask"].sum()) for b in ed) == 9
+
+
+def _decode_read(source, shard):
+    return [e["image"] for e in source.read("train", shard, 2).as_numpy_iterator()]
+
+
+def test_image_folder_bad_image_fails_when_asked(folder):
+    with pytest.raises(ValueError, match=r"1 unreadable image\(s\).*broken.jpg"):
+        data.open_source(folder, bad_images="fail")
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match="tfds build imagenet2012 --manual_dir"):
+        data.open_source("imagenet2012", data_dir=str(tmp_path))
+    with pytest.raises(data.DatasetNotFoundError, match="tfds build cifar10"):
+        data.open_source("cifar10", data_dir=str(tmp_path))
+    with pytest.raises(data.DatasetNotFoundError, match="neither a folder nor a TFDS"):
+        data.open_source("no_such_dataset_xyz", data_dir=str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DatasetNotFoundError, match="no class subfolders"):
+        data.open_source(str(tmp_path / "empty"))
+
+
+def test_embedded_digits_builds_offline(tmp_path):
+    source = data.open_source("sklearn_digits", data_dir=str(tmp_path))
+    assert source.num_classes == 10
+    assert source.num_examples("train") == 1437 and source.num_examples("test") == 360
+    train, test = _decode_labels(source, "train"), _decode_labels(source, "test")
+    assert np.bincount(test).min() >= 35  # stratified
+    prep = data.Preprocess(image_size=8, channels=1, train_kind="pad_crop",
+                           eval_kind="resize", pad=1, flip=False, mean=(127.5,), std=(127.5,))
+    ed = data.EvalData(source, "test", prep, global_batch=64, process_index=0,
+                       process_count=1, cache=True)
+    batches = list(ed)
+    assert sum(int(b["mask"].sum()) for b in batches) == 360
+    assert batches[0]["image"].shape == (64, 8, 8, 1)
+    assert -1.0 <= batches[0]["image"].min() and batches[0]["image"].max() <= 1.0
+    assert len(train) == 1437
