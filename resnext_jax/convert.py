@@ -105,9 +105,11 @@ def convert(args: argparse.Namespace) -> list[str]:
         lines.append(f"dropped:  {len(report.dropped)} BN num_batches_tracked counters "
                      "(no Flax equivalent)")
     lines += [f"note:     {n}" for n in report.notes]
+    # The weight set, also when named by its Hub id: its preprocessing travels with the file.
+    weight_set = args.src.removeprefix("hf-hub:").split("/")[-1]
+    weight_set = weight_set if weight_set in PRETRAINED else None
     if args.dst.endswith(NATIVE):
-        save_weights(args.dst, variables, model, model_name=name,
-                     pretrained=args.src if args.src in PRETRAINED else None)
+        save_weights(args.dst, variables, model, model_name=name, pretrained=weight_set)
         expected = {"/".join(k): v for k, v in flatten_dict(variables).items()}
         kind = "Flax variables + architecture (msgpack)"
     elif args.dst.endswith(".safetensors"):
@@ -119,8 +121,8 @@ def convert(args: argparse.Namespace) -> list[str]:
     size = os.path.getsize(args.dst) / 2**20
     lines.append(f"wrote:    {args.dst}: {kind}, {count} tensors, {size:.1f} MiB, read back "
                  "identical")
-    if args.src in PRETRAINED:
-        cfg = PRETRAINED[args.src]
+    if weight_set:
+        cfg = PRETRAINED[weight_set]
         lines.append(f"preprocess: {cfg.input_size[0]}x{cfg.input_size[1]} crop, crop_pct "
                      f"{cfg.crop_pct:.4f}, {cfg.interpolation}, mean {cfg.mean}, std {cfg.std}")
     return lines

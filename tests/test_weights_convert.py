@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_weights_io import _assert_same, random_model
+from test_weights_io import _assert_same, _hub_cache, go_offline, random_model
 
 import resnext_jax as rx
 from resnext_jax import convert
@@ -113,3 +113,20 @@ def test_cli_new_head(tiny: tuple, tmp_path: object, capsys: pytest.CaptureFixtu
     five, loaded = rx.load_model(out)
     assert five.num_classes == 5
     assert jax.eval_shape(five.apply, loaded, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
+
+
+def test_cli_hub_weight_set_keeps_its_preprocessing(tmp_path: object,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    offline_cache = go_offline(tmp_path, monkeypatch)
+    model, variables = random_model("seresnext26t_32x4d")  # full size, random values
+    exported = os.path.join(str(tmp_path), "export.safetensors")
+    export_torch(exported, variables, model)
+    _hub_cache(offline_cache, "timm/seresnext26t_32x4d.bt_in1k", exported)
+    out = os.path.join(str(tmp_path), "w.msgpack")
+    assert convert.main(["timm/seresnext26t_32x4d.bt_in1k", out]) == 0
+    report = capsys.readouterr().out
+    assert "seresnext26t_32x4d (the only zoo model" in report
+    assert "16,806,976 parameters" in report
+    assert "preprocess: 224x224 crop, crop_pct 0.8750, bicubic" in report
+    assert read_weights(out)[0]["pretrained"] == "seresnext26t_32x4d.bt_in1k"

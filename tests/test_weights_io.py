@@ -274,8 +274,8 @@ def _hub_cache(root: str, repo_id: str, source: str) -> str:
     return os.path.join(repo, "snapshots", commit, "model.safetensors")
 
 
-@pytest.fixture
-def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+def go_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Offline mode with an empty Hub cache under ``tmp_path``; the cache root."""
     import huggingface_hub.constants
 
     root = os.path.join(str(tmp_path), "hub")
@@ -283,6 +283,11 @@ def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", root)
     return root
+
+
+@pytest.fixture
+def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    return go_offline(tmp_path, monkeypatch)
 
 
 def test_hub_id_resolves_from_offline_cache(offline_cache: str) -> None:
