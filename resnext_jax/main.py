@@ -1,0 +1,62 @@
+"""Train or evaluate: ``python -m resnext_jax.main --config=configs/NAME.py --workdir=DIR``.
+
+Overrides: ``--config.batch_size=512 --config.optimizer.base_lr=0.2``. Rerunning the same
+command resumes from the newest checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint
+(``--step``, default the newest) or ``--config.model.pretrained=NAME_OR_FILE``.
+Several processes (a TPU pod slice, GPU nodes): ``--distributed`` calls
+``jax.distributed.initialize()``, which reads the cluster from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
+flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes) or eval only")
+flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: newest)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietOrbax(logging.Filter):
+    """orbax logs every step of every save at INFO; keep its warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    absl_logging.get_absl_handler().addFilter(_QuietOrbax())
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    from resnext_jax import train  # after initialize(): the backend starts here
+
+    logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__,
+                 jax.device_count(), jax.default_backend(), jax.process_index(),
+                 jax.process_count())
+    try:
+        if FLAGS.mode == "eval":
+            result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)
+        else:
+            result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (train.NonFiniteLossError, train.CheckpointError, ValueError,
+            FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if jax.process_index() == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,94 @@
+"""orbax checkpoints: async saves, keep the last K plus the best, resume with fallback.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a crash,
+SIGKILL or full disk mid-save never touches checkpoints already written. A finished but
+unreadable checkpoint (say a damaged file) is moved aside as ``corrupt_<step>`` and the
+previous one is restored instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; earlier checkpoints are intact."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int, best_metric: str | None = None,
+                 best_mode: str = "max", async_save: bool = True) -> None:
+        self.directory = os.path.abspath(directory)
+        policies: list[pp.PreservationPolicy] = [pp.LatestN(keep)]
+        if best_metric:
+            policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric],
+                                     reverse=best_mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+            create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
+        """Start saving ``state`` as ``step`` (async); raises :class:`CheckpointError`."""
+        if step in self.manager.all_steps():
+            return
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
+                              force=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._error(step, e) from e
+
+    def wait(self) -> None:
+        """Block until the last save is on disk."""
+        try:
+            self.manager.wait_until_finished()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._error(self.manager.latest_step(), e) from e
+
+    def _error(self, step: int | None, e: Exception) -> CheckpointError:
+        kept = sorted(self.manager.all_steps())
+        return CheckpointError(
+            f"could not write the checkpoint of step {step} to {self.directory}: {e}. If the "
+            f"disk is full, free space and rerun the same command: it resumes from the last "
+            f"complete checkpoint (kept: steps {kept or 'none'})")
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | None:
+        """The newest readable checkpoint as ``(state, step)``, or None when there is none."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                jax.block_until_ready(state)
+                return state, step
+            except Exception as e:  # noqa: BLE001 - any failure to read means: fall back
+                self._set_aside(step, e)
+        return None
+
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}; "
+                                    f"found steps {sorted(self.manager.all_steps())}")
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        older = [s for s in self.manager.all_steps() if s < step]
+        logging.warning("checkpoint of step %d in %s is unreadable (%s: %s); %s", step,
+                        self.directory, type(error).__name__, str(error)[:300],
+                        f"falling back to step {max(older)}" if older else "no older one")
+        if jax.process_index() == 0:
+            path = os.path.join(self.directory, str(step))
+            os.replace(path, os.path.join(self.directory, f"corrupt_{step}"))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.close()

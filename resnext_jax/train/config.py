@@ -1,0 +1,77 @@
+"""Every training option with its default; ``configs/*.py`` start from ``default_config()``.
+
+The config is locked: a key that is not here (a typo) is an error, not a silent new option.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from resnext_jax.data import IMAGENET_MEAN, IMAGENET_STD
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 256  # global, over all devices and processes
+    c.eval_batch_size = 256
+    c.num_epochs = 90.0
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+    c.label_smoothing = 0.0
+    c.ema_decay = 0.0  # > 0 keeps an EMA of the weights and evaluates it
+    c.grad_accum_steps = 1  # micro-batches per step when the batch does not fit
+    c.log_every_steps = 100
+    c.eval_every_epochs = 1.0  # 0: only at the end
+
+    # Any registered model name; other keys are ResNet fields that override the entry's.
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnext50_32x4d"
+    c.model.pretrained = placeholder(str)  # weight set, Hub id or file (eval / fine-tune)
+    c.model.dtype = "float32"  # compute dtype; parameters stay float32 ("bfloat16" on TPU)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "imagenet2012"  # a TFDS name or a folder of class subfolders
+    c.data.data_dir = placeholder(str)  # TFDS data dir (default ~/tensorflow_datasets)
+    c.data.manual_dir = placeholder(str)  # where ImageNet's tar files are, to build on first use
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.image_size = 224
+    c.data.channels = 3
+    c.data.train_preprocess = "inception_crop"  # or "pad_crop" (CIFAR)
+    c.data.eval_preprocess = "center_crop"  # or "resize"
+    c.data.eval_size = placeholder(int)  # evaluate at a larger size than training
+    c.data.crop_pct = 0.875
+    c.data.pad = 4
+    c.data.flip = True
+    c.data.mean = IMAGENET_MEAN
+    c.data.std = IMAGENET_STD
+    c.data.resize_method = "bilinear"
+    c.data.shuffle_buffer = 16_384
+    c.data.cache = False  # keep the encoded split in memory (small datasets)
+    c.data.prefetch = 2
+    c.data.num_shards = 0  # 0: one per process. Same value => same global batches anywhere
+    c.data.bad_images = "skip"  # unreadable images in a folder: "skip" (counted) or "fail"
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"  # "sgd", "adamw" or "lamb"
+    c.optimizer.base_lr = 0.1  # per 256 images
+    c.optimizer.scale_by_batch = True  # lr = base_lr * batch_size / 256
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.weight_decay = 1e-4  # never on BatchNorm parameters or biases
+    c.optimizer.grad_clip_norm = 0.0
+    c.optimizer.schedule = "cosine"  # "cosine", "step" or "constant", after the warmup
+    c.optimizer.warmup_epochs = 5.0
+    c.optimizer.decay_epochs = (30, 60, 80)  # "step": multiply by decay_factor at each
+    c.optimizer.decay_factor = 0.1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.keep = 3  # the last K, plus the best by best_metric
+    c.checkpoint.best_metric = "eval_top1"  # "" keeps only the last K
+    c.checkpoint.best_mode = "max"
+    c.checkpoint.async_save = True
+    return c
