@@ -90,6 +90,13 @@ def test_export_defaults_to_the_models_layout(tiny: tuple) -> None:
     assert "layer1.0.se_module.fc1.weight" in names
 
 
+def test_export_refuses_variables_of_another_model(tiny: tuple) -> None:
+    model, variables = tiny
+    with pytest.raises(WeightsError, match="missing none; extra params/layer1_0/se/fc1/bias.*"
+                       "wrong shapes params/fc/bias .10,. vs .3,."):
+        flax_to_torch(variables, rx.create_model("tiny_resnext", num_classes=3))
+
+
 def test_unknown_layout_is_named() -> None:
     with pytest.raises(WeightsError, match="x.pt: cannot tell the weight layout.*encoder.weight"):
         torch_to_flax({"encoder.weight": np.zeros(2), "decoder.bias": np.zeros(2)},

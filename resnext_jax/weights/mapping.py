@@ -195,11 +195,14 @@ def flax_to_torch(variables: Mapping[str, Any], model: ResNet, *, layout: str | 
     expected = flax_shapes(model)
     flat = flatten_dict({k: v for k, v in dict(variables).items()
                          if k in ("params", "batch_stats")})
-    if set(flat) != set(expected):
-        missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    wrong = sorted(f"{'/'.join(p)} {tuple(np.shape(flat[p]))} vs {tuple(s.shape)}"
+                   for p, s in expected.items() if p in flat and np.shape(flat[p]) != s.shape)
+    if missing or extra or wrong:
         raise WeightsError("variables do not fit the model: missing "
-                           f"{_first(['/'.join(p) for p in missing])}; extra "
-                           f"{_first(['/'.join(p) for p in extra])}")
+                           f"{_first(['/'.join(p) for p in missing]) or 'none'}; extra "
+                           f"{_first(['/'.join(p) for p in extra]) or 'none'}; wrong shapes "
+                           f"{_first(wrong) or 'none'}")
     out = {}
     for path, value in flat.items():
         array = np.asarray(value)
