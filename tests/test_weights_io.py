@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -271,14 +272,18 @@ def test_pth_with_torch_equals_safetensors() -> None:
 # --- Hugging Face Hub cache ----------------------------------------------------------------
 
 def _hub_cache(root: str, repo_id: str, source: str) -> str:
-    """A cache laid out as huggingface_hub lays it out: refs/main -> snapshots/<commit>."""
+    """A cache laid out as huggingface_hub lays it out: ``refs/main`` names the commit,
+    ``snapshots/<commit>/<file>`` links to ``blobs/<sha256>``."""
     commit = "0123456789abcdef0123456789abcdef01234567"
+    blob = hashlib.sha256(open(source, "rb").read()).hexdigest()
     repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    os.makedirs(os.path.join(repo, "refs"))
-    os.makedirs(os.path.join(repo, "snapshots", commit))
+    for folder in ("refs", "blobs", os.path.join("snapshots", commit)):
+        os.makedirs(os.path.join(repo, folder))
     open(os.path.join(repo, "refs", "main"), "w").write(commit)
-    shutil.copy(source, os.path.join(repo, "snapshots", commit, "model.safetensors"))
-    return os.path.join(repo, "snapshots", commit, "model.safetensors")
+    shutil.copy(source, os.path.join(repo, "blobs", blob))
+    link = os.path.join(repo, "snapshots", commit, "model.safetensors")
+    os.symlink(os.path.join("..", "..", "blobs", blob), link)
+    return link
 
 
 def go_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
