@@ -68,11 +68,11 @@ def check_torch_pickle(path: str) -> None:
         raise
     except _Refused as refused:
         raise WeightsFileError(
-            f"refusing {path}: its pickle calls {refused}, which a plain state dict never "
-            "needs, so loading it could run arbitrary code. Ask for the weights as "
-            ".safetensors, or, only if you trust the file, convert it where torch is installed "
-            "(safetensors.torch.save_file(torch.load(path, weights_only=False), "
-            "'model.safetensors'))") from None
+            f"refusing {path}: its pickle references {refused}, which a plain state dict "
+            "never needs, so loading it could run arbitrary code. Ask for the weights as "
+            ".safetensors, or, only if you trust the file, convert it where torch is "
+            "installed: torch.load(path, weights_only=False), then save its state dict with "
+            "safetensors.torch.save_file") from None
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
             IndexError, KeyError, AttributeError) as err:
         raise WeightsFileError(f"{path} is not a readable PyTorch checkpoint (truncated or "
