@@ -1,0 +1,106 @@
+"""Shared pieces of the speed benchmarks: steps, timing, FLOP counts, tables."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import resnext_jax as rx
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_gflops(name: str, image_size: int = 224) -> float:
+    """Forward GFLOP per image (2 x XLA's MAC count with the reference lowering)."""
+    return 2 * rx.count_macs(rx.create_model(name), (1, image_size, image_size, 3)) / 1e9
+
+
+def build(name: str, lowering: str, dtype: Any, batch: int, image_size: int = 224):
+    """Model, variables, optimizer state, an image batch and labels on the default device."""
+    model = rx.create_model(name, lowering=lowering, dtype=dtype)
+    images = jax.random.normal(jax.random.key(0), (batch, image_size, image_size, 3), dtype)
+    labels = jax.random.randint(jax.random.key(1), (batch,), 0, model.num_classes)
+    variables = jax.jit(model.init)(jax.random.key(2), images[:1])
+    return model, variables, images, labels
+
+
+def make_steps(model, tx: optax.GradientTransformation):
+    """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned)."""
+
+    @jax.jit
+    def infer(variables, images):
+        return model.apply(variables, images, train=False)
+
+    def loss_fn(params, batch_stats, images, labels):
+        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                      train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), labels).mean()
+        return loss, updates["batch_stats"]
+
+    @jax.jit
+    def train(params, batch_stats, opt_state, images, labels):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, images, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    return infer, train
+
+
+def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence[str],
+               repeats: int, image_size: int = 224) -> dict[str, float]:
+    """Compile seconds and img/s of inference (batch ``batch``) and / or a training step."""
+    model, variables, images, labels = build(name, lowering, dtype, batch, image_size)
+    tx = optax.sgd(0.1, momentum=0.9)
+    infer, train = make_steps(model, tx)
+    out = {}
+    if "infer" in modes:
+        start = time.perf_counter()
+        compiled = infer.lower(variables, images).compile()
+        out["infer_compile_s"] = time.perf_counter() - start
+        jax.block_until_ready(compiled(variables, images))
+        seconds = median_seconds(lambda: jax.block_until_ready(compiled(variables, images)),
+                                 repeats)
+        out["infer_img_s"] = batch / seconds
+    if "train" in modes:
+        params, stats = variables["params"], variables["batch_stats"]
+        opt_state = tx.init(params)
+        start = time.perf_counter()
+        compiled = train.lower(params, stats, opt_state, images, labels).compile()
+        out["train_compile_s"] = time.perf_counter() - start
+        state = compiled(params, stats, opt_state, images, labels)
+        jax.block_until_ready(state)
+
+        def step():
+            nonlocal state
+            state = compiled(*state[:3], images, labels)
+            jax.block_until_ready(state)
+
+        out["train_img_s"] = batch / median_seconds(step, repeats)
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (floats to three significant figures)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
