@@ -4,7 +4,8 @@ Overrides: ``--config.batch_size=512 --config.optimizer.base_lr=0.2``. Rerunning
 command resumes from the newest checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint
 (``--step``, default the newest) or ``--config.model.pretrained=NAME_OR_FILE``.
 Several processes (a TPU pod slice, GPU nodes): ``--distributed`` calls
-``jax.distributed.initialize()``, which reads the cluster from the environment.
+``jax.distributed.initialize()``, which detects the cluster on TPU pods, SLURM, Open MPI and
+Kubernetes, or takes ``--coordinator_address --num_processes --process_id``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes) or eval only")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: newest)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first")
+flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 "
+                    "(default: detected on TPU pods, SLURM, Open MPI, Kubernetes)")
+flags.DEFINE_integer("num_processes", None, "--distributed: number of processes")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,7 +43,9 @@ def main(argv: list[str]) -> None:
     del argv
     absl_logging.get_absl_handler().addFilter(_QuietOrbax())
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        # On CPU, cross-process collectives need JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo.
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
     from resnext_jax import train  # after initialize(): the backend starts here
 
     logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__,
@@ -58,5 +65,19 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with a one-line message for a config key that does not exist."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict
+        text = str(e.args[0] if e.args else e).replace("\\n", " ")  # nested reprs
+        key = " ".join(text.replace("\\", "").replace("'", "").split())
+        sys.exit(f"error: unknown config key {key}; every key and its default is in "
+                 "resnext_jax/train/config.py (and configs/NAME.py)")
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nUsage: python -m resnext_jax.main --config=configs/NAME.py "
+                 "--workdir=DIR [--config.KEY=VALUE ...]")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -91,7 +91,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         if ema_decay > 0:
             ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                          ema, params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         metrics = {"loss": loss, "top1": acc, "grad_norm": grad_norm,
                    "learning_rate": schedule(state.step),
                    "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}

@@ -1,0 +1,149 @@
+"""Trainer parts in-process: schedules, weight-decay mask, optimizers, the train step
+(gradient accumulation, EMA, label smoothing) and the masked eval step."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from resnext_jax import create_model
+from resnext_jax.train import default_config
+from resnext_jax.train.optim import (
+    create_optimizer,
+    create_schedule,
+    decay_mask,
+    peak_learning_rate,
+)
+from resnext_jax.train.steps import create_state, cross_entropy, make_eval_step, make_train_step
+
+
+def _opt(**kw):
+    opt = default_config().optimizer
+    opt.update(kw)
+    return opt
+
+
+def test_learning_rate_scales_with_batch_then_warms_up_and_decays():
+    opt = _opt(base_lr=0.1, warmup_epochs=2, schedule="cosine")
+    assert peak_learning_rate(opt, 1024) == pytest.approx(0.4)
+    sched = create_schedule(opt, 1024, steps_per_epoch=10, total_steps=100)
+    assert float(sched(0)) == 0.0
+    assert float(sched(10)) == pytest.approx(0.2)  # half-way through the warmup
+    assert float(sched(20)) == pytest.approx(0.4)
+    assert float(sched(60)) == pytest.approx(0.2, rel=1e-5)  # cosine half-way
+    assert float(sched(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_step_schedule_divides_by_ten_at_the_given_epochs():
+    opt = _opt(base_lr=0.1, warmup_epochs=0, schedule="step", decay_epochs=(3, 6))
+    sched = create_schedule(opt, 256, steps_per_epoch=10, total_steps=90)
+    values = [float(sched(s)) for s in (0, 29, 30, 59, 60, 89)]
+    np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    with pytest.raises(ValueError, match="optimizer.schedule='linear'"):
+        create_schedule(_opt(schedule="linear"), 256, 10, 90)
+
+
+def _tiny():
+    model = create_model("tiny_seresnext", num_classes=5)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    return model, variables
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+    _, variables = _tiny()
+    mask = decay_mask(variables["params"])
+    flat = {"/".join(k.key for k in path): m
+            for path, m in jax.tree_util.tree_leaves_with_path(mask)}
+    assert flat["stem/conv1/kernel"] and flat["layer1_0/se/fc1/kernel"] and flat["fc/kernel"]
+    assert not flat["stem/bn1/scale"] and not flat["stem/bn1/bias"]
+    assert not flat["fc/bias"] and not flat["layer1_0/se/fc1/bias"]
+    params = variables["params"]
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for name in ("sgd", "adamw", "lamb"):
+        tx = create_optimizer(_opt(name=name, weight_decay=0.1), optax.constant_schedule(1.0))
+        updates, _ = tx.update(zero_grads, tx.init(params), params)
+        assert np.all(np.asarray(updates["stem"]["bn1"]["scale"]) == 0), name
+        assert np.any(np.asarray(updates["stem"]["conv1"]["kernel"]) != 0), name
+    with pytest.raises(ValueError, match="optimizer.name='adam'"):
+        create_optimizer(_opt(name="adam"), optax.constant_schedule(1.0))
+
+
+def test_label_smoothing_cross_entropy():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    logp = jax.nn.log_softmax(logits)[0]
+    expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
+    np.testing.assert_allclose(cross_entropy(logits, jnp.array([0]), 3, 0.1), [expected],
+                               rtol=1e-6)
+
+
+class _Linear(nn.Module):
+    """No BatchNorm, so one big batch and two half batches must give the same gradient."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(4)(x.reshape(x.shape[0], -1))
+
+
+def _spec(ndim):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    return NamedSharding(mesh, PartitionSpec(None, "data", *(None,) * (ndim - 2)))
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_gradient_accumulation_equals_the_full_batch(accum):
+    model = _Linear()
+    tx = optax.sgd(0.1)
+    batch = {"image": jax.random.normal(jax.random.key(1), (8, 3, 3, 1)),
+             "label": jnp.arange(8) % 4}
+    states, metrics = [], []
+    for k in (1, accum):
+        state = create_state(model, tx, jax.random.key(0), (3, 3, 1), ema=False)
+        step = make_train_step(model, tx, optax.constant_schedule(0.1), num_classes=4,
+                               label_smoothing=0.0, ema_decay=0.0, accum_steps=k, seed=0,
+                               batch_spec=_spec)
+        new, m = jax.jit(step)(state, batch)
+        states.append(new)
+        metrics.append(m)
+    np.testing.assert_allclose(metrics[0]["loss"], metrics[1]["loss"], rtol=1e-6)
+    np.testing.assert_allclose(metrics[0]["grad_norm"], metrics[1]["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(states[0].params),
+                    jax.tree_util.tree_leaves(states[1].params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_updates_ema_and_reports_metrics():
+    model, variables = _tiny()
+    tx = optax.sgd(0.05, momentum=0.9)
+    state = create_state(model, tx, jax.random.key(0), (32, 32, 3), ema=True)
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.05), num_classes=5,
+                                   label_smoothing=0.1, ema_decay=0.9, accum_steps=1, seed=0,
+                                   batch_spec=_spec))
+    batch = {"image": jax.random.normal(jax.random.key(2), (4, 32, 32, 3)),
+             "label": jnp.array([0, 1, 2, 3])}
+    new, m = step(state, batch)
+    assert int(new.step) == 1 and bool(m["finite"]) and float(m["learning_rate"]) == pytest.approx(0.05)
+    for e, p0, p1 in zip(jax.tree_util.tree_leaves(new.ema_params),
+                         jax.tree_util.tree_leaves(state.params),
+                         jax.tree_util.tree_leaves(new.params), strict=True):
+        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(new.batch_stats["stem"]["bn1"]["mean"],
+                           state.batch_stats["stem"]["bn1"]["mean"])
+
+
+def test_eval_step_ignores_padding():
+    model, _ = _tiny()
+    state = create_state(model, optax.sgd(0.1), jax.random.key(0), (32, 32, 3), ema=False)
+    step = jax.jit(make_eval_step(model, num_classes=5, use_ema=False))
+    images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+    labels = jnp.array([0, 1, 2, 3])
+    full = step(state, {"image": images[:2], "label": labels[:2], "mask": jnp.ones(2)})
+    padded = step(state, {"image": images.at[2:].set(0), "label": labels.at[2:].set(0),
+                          "mask": jnp.array([1.0, 1.0, 0.0, 0.0])})
+    assert float(padded["count"]) == 2
+    for k in ("loss", "top1", "top5"):
+        np.testing.assert_allclose(padded[k], full[k], rtol=1e-5)
