@@ -1,4 +1,4 @@
-"""Execute notebooks 01-03 headless with tiny settings, offline; any error fails the test.
+"""Execute the notebooks headless with tiny settings, offline; any error fails the test.
 
 Each notebook reads its parameters from the JSON object in ``RESNEXT_NOTEBOOK_PARAMS``; here a
 weight file made on the spot stands in for the Hub, and images are made locally.
@@ -95,3 +95,11 @@ def test_03_inside_se_resnext(tmp_path):
         assert f"{block}   class specificity" in text
     for png in ("curves", "se_excitations", "grouped_filters", "stem"):
         assert (tmp_path / "run" / f"{png}.png").stat().st_size > 0
+
+
+def test_04_sharding_demo_runs(tmp_path):
+    """Notebook 04 is mostly commands for clusters; its 8-simulated-device demo must run."""
+    text = outputs_text(run_notebook("04_tpu_pod_and_multi_gpu.ipynb", {}, tmp_path))
+    assert "per-device rows: [2, 2, 2, 2, 2, 2, 2, 2]" in text
+    stats_diff = float(text.split("8 devices vs 1: ")[1].split()[0])
+    assert stats_diff < 1e-4
