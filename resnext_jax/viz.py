@@ -261,15 +261,19 @@ def plot_grouped_filters(kernel: Any, groups: int, path: str | Path | None = Non
 
 
 def stem_filter_mosaic(kernel: Any, cols: int | None = None) -> np.ndarray:
-    """First-layer filters ``(kh, kw, 3, out)`` as one RGB image in ``[0, 1]``.
+    """First-layer filters ``(kh, kw, 3 or 1, out)`` as one RGB image in ``[0, 1]``.
 
     Each filter is scaled on its own, symmetrically (``0.5 + k / (2 max|k|)``), so grey is
-    zero; filters fill rows of ``cols`` (default ``ceil(sqrt(out))``); gaps are white.
+    zero; one input channel is drawn grey; filters fill rows of ``cols`` (default
+    ``ceil(sqrt(out))``); gaps are white.
     """
     kernel = np.asarray(kernel, np.float32)
     kh, kw, chans, out = kernel.shape
-    if chans != 3:
-        raise ValueError(f"stem filters are drawn as RGB and need 3 input channels, got {chans}")
+    if chans == 1:
+        kernel = np.repeat(kernel, 3, axis=2)
+    elif chans != 3:
+        raise ValueError(f"stem filters are drawn as RGB or grey and need 3 or 1 input "
+                         f"channels, got {chans}")
     cols = cols or math.ceil(math.sqrt(out))
     rows = math.ceil(out / cols)
     filters = kernel.transpose(3, 0, 1, 2)  # (out, kh, kw, 3)

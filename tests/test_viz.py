@@ -157,7 +157,10 @@ def test_stem_filter_mosaic(tmp_path):
     np.testing.assert_allclose(image[8:15, 8:15], 1.0)  # filter 4 at row 1, col 1: all max
     np.testing.assert_allclose(image[8:15, 16:23], 1.0)  # empty slot: white
     np.testing.assert_allclose(image[0:7, 8:15], 0.5)  # zero filter 1: grey
-    with pytest.raises(ValueError, match="3 input channels"):
+    grey = viz.stem_filter_mosaic(kernel[:, :, :1])  # one input channel: grey tiles
+    np.testing.assert_allclose(grey[0, 0], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(grey[1, 1], [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="3 or 1 input"):
         viz.stem_filter_mosaic(np.zeros((3, 3, 4, 8)))
     viz.plot_stem_filters(kernel, tmp_path / "stem.png")
     assert (tmp_path / "stem.png").stat().st_size > 0
