@@ -53,16 +53,17 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
         return ops.conv2d(x, k, stride=stride, padding=((1, 1), (1, 1)), groups=groups,
                           lowering=lowering)
 
-    dy = jnp.ones(jax.eval_shape(conv, x, k).shape, dtype)
-    fns = {"fwd": jax.jit(conv),
-           "dx": jax.jit(lambda x, k: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
-           "dk": jax.jit(lambda x, k: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
+    dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
+    fns = {"fwd": jax.jit(lambda x, k, dy: conv(x, k)),
+           "dx": jax.jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
+           "dk": jax.jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
     out = {}
     for what, fn in fns.items():
-        jax.block_until_ready(fn(x, k))
-        # the gradients include their forward pass (it is not needed for a linear op's
-        # gradient, so XLA removes it): these are the gradient's own times
-        out[what] = median_seconds(lambda fn=fn: jax.block_until_ready(fn(x, k)), repeats) * 1e3
+        jax.block_until_ready(fn(x, k, dy))
+        # A linear op's gradient does not need its forward output, so XLA drops it:
+        # these are the gradients' own times.
+        out[what] = median_seconds(lambda fn=fn: jax.block_until_ready(fn(x, k, dy)),
+                                   repeats) * 1e3
     return out
 
 

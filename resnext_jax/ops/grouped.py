@@ -61,6 +61,9 @@ def direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
     # One row per (tap, input channel), row-major behind a barrier: otherwise XLA may give a
     # transposed kernel (the input gradient's) a layout that turns every row into a gather.
     rows = lax.optimization_barrier(kernel.astype(jnp.float32).reshape(kh * kw * width, out))
+    # Materialise the input: fused into this loop, its producers (BatchNorm, ReLU) would be
+    # recomputed for every tap and input channel.
+    x = lax.optimization_barrier(x)
     y = None
     for dh, dw, xt in _taps(x.astype(jnp.float32), kh, kw, stride, padding):
         xg = xt.reshape(xt.shape[:3] + (groups, width))
