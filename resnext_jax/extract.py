@@ -35,13 +35,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Evaluation transform: resize the shorter side to ``floor(size / crop_pct)``,
-    center-crop ``size`` x ``size``, scale to [0, 1], normalise with ``mean`` / ``std``."""
+    center-crop ``size`` x ``size``, scale to [0, 1], normalise with ``mean`` / ``std`` (one
+    value per channel; ``channels=1`` reads images as grey)."""
 
     size: int = 224
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if not len(self.mean) == len(self.std) == self.channels:
+            raise ValueError(f"{self.channels}-channel input needs {self.channels} mean and std "
+                             f"values, got mean={self.mean}, std={self.std} (--mean / --std)")
 
     @classmethod
     def from_pretrained(cls, cfg: Any) -> Preprocess:
@@ -55,7 +62,8 @@ class ImageError(ValueError):
 
 
 def load_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
-    """One image as a normalised ``(size, size, 3)`` float32 array (timm's eval transform)."""
+    """One image as a normalised ``(size, size, channels)`` float32 array (timm's eval
+    transform)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
@@ -63,7 +71,7 @@ def load_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB")  # palette, grey, CMYK, alpha -> RGB
+            image = image.convert("L" if pre.channels == 1 else "RGB")  # palette, CMYK, alpha
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
     w, h = image.size
@@ -72,7 +80,7 @@ def load_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     image = image.resize((new_w, new_h), resample)
     top, left = int(round((new_h - pre.size) / 2)), int(round((new_w - pre.size) / 2))
     image = image.crop((left, top, left + pre.size, top + pre.size))
-    array = np.asarray(image, np.float32) / 255.0
+    array = np.asarray(image, np.float32).reshape(pre.size, pre.size, -1) / 255.0
     return (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
 
 
@@ -297,7 +305,7 @@ def preprocess_for(pretrained: str | bool | None, model_name: str) -> Preprocess
         return None
 
 
-def _preprocess_for(args: argparse.Namespace) -> Preprocess:
+def _preprocess_for(args: argparse.Namespace, channels: int = 3) -> Preprocess:
     """The weights' own config when known, else ImageNet defaults; flags override."""
     pre = preprocess_for(args.pretrained, args.model)
     if pre is None:
@@ -305,7 +313,8 @@ def _preprocess_for(args: argparse.Namespace) -> Preprocess:
               "(224 crop of the 256 short side, ImageNet mean/std) unless flags say otherwise",
               file=sys.stderr)
         pre = Preprocess()
-    overrides = {k: v for k, v in dict(size=args.input_size, crop_pct=args.crop_pct,
+    overrides = {k: v for k, v in dict(channels=channels, size=args.input_size,
+                                       crop_pct=args.crop_pct,
                                        interpolation=args.interpolation,
                                        mean=args.mean and tuple(args.mean),
                                        std=args.std and tuple(args.std)).items()
@@ -329,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnext_jax.extract", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", required=True, help="zoo name (resnext_jax.list_models())")
+    p.add_argument("--model", help="zoo name (resnext_jax.list_models()); optional with a "
+                   ".msgpack from resnext_jax, which holds its architecture")
     p.add_argument("--pretrained", help="weights: True (the model's default set), a weight-set "
                    "name, a Hub id (timm/...), or a .safetensors/.pth/.msgpack file; "
                    "without it the weights are random")
@@ -347,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="override the crop size")
     p.add_argument("--crop-pct", type=float, help="override the crop fraction")
     p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic", "lanczos"))
-    p.add_argument("--mean", type=float, nargs=3)
-    p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--mean", type=float, nargs="+", help="per channel, on the 0-1 scale")
+    p.add_argument("--std", type=float, nargs="+", help="per channel, on the 0-1 scale")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -359,18 +369,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("give --out FILE, --topk K, or both")
     import jax
 
+    from resnext_jax.weights import load_model
     from resnext_jax.zoo import create_model
 
     overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
     pretrained = True if args.pretrained in ("True", "true") else args.pretrained
-    pre = _preprocess_for(args)
-    if pretrained:
+    if args.model is None:  # our own weight files carry the architecture
+        if not str(pretrained).endswith(".msgpack"):
+            build_parser().error("--model is required unless --pretrained is a .msgpack file "
+                                 "written by resnext_jax (which names its architecture)")
+        model, variables = load_model(pretrained, **overrides)
+        pre = _preprocess_for(args, model.in_chans)
+    elif pretrained:
         model, variables = create_model(args.model, pretrained=pretrained, **overrides)
+        pre = _preprocess_for(args, model.in_chans)
     else:
         print("note: no --pretrained given: the weights are random", file=sys.stderr)
         model = create_model(args.model, **overrides)
-        variables = jax.jit(model.init)(jax.random.key(0),
-                                        np.zeros((1, pre.size, pre.size, 3), np.float32))
+        pre = _preprocess_for(args, model.in_chans)
+        variables = jax.jit(model.init)(
+            jax.random.key(0), np.zeros((1, pre.size, pre.size, model.in_chans), np.float32))
     labels = _label_names(args.labels, model.num_classes) if args.topk else []
 
     def show(name: str, index: np.ndarray, prob: np.ndarray) -> None:

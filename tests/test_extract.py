@@ -225,3 +225,27 @@ def test_errors_name_the_problem(weights, images, tmp_path):
     with pytest.raises(ValueError, match="2 labels for a 3-class"):
         ex._label_names(str(tmp_path / "labels.txt"), 3)
     assert ex._label_names(None, 3) == ["0", "1", "2"]
+
+
+def test_grey_models_read_grey_images(images, tmp_path):
+    """A one-channel model (the digits model) gets grey inputs and its own mean / std."""
+    model = rx.create_model("tiny_resnext_cifar", in_chans=1)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    path = tmp_path / "grey.msgpack"
+    rx.save_weights(path, variables, model)
+    out = tmp_path / "grey.npz"
+    args = ["--pretrained", str(path), str(images / "b.jpg"),  # the file names the model
+            "--out", str(out), "--input-size", "8", "--crop-pct", "1", "--no-progress"]
+    with pytest.raises(ValueError, match="1-channel input needs 1 mean and std"):
+        ex.main(args)
+    ex.main([*args, "--mean", "0.5", "--std", "0.5"])
+    with pytest.raises(SystemExit):  # without a .msgpack, --model is needed
+        ex.main(["--pretrained", "timm/seresnext50_32x4d.racm_in1k", "x", "--topk", "1"])
+    pre = ex.Preprocess(8, 1.0, mean=(0.5,), std=(0.5,), channels=1)
+    grey = ex.load_image(images / "b.jpg", pre)
+    assert grey.shape == (8, 8, 1)
+    expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
+        m.forward_features(x)["layer3"], pre_logits=True)))(variables, grey[None])
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
+
