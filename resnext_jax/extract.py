@@ -316,8 +316,7 @@ def _preprocess_for(args: argparse.Namespace, channels: int = 3) -> Preprocess:
     overrides = {k: v for k, v in dict(channels=channels, size=args.input_size,
                                        crop_pct=args.crop_pct,
                                        interpolation=args.interpolation,
-                                       mean=args.mean and tuple(args.mean),
-                                       std=args.std and tuple(args.std)).items()
+                                       mean=args.mean, std=args.std).items()
                  if v is not None}
     return dataclasses.replace(pre, **overrides)
 
@@ -332,6 +331,10 @@ def _label_names(path: str | None, num_classes: int) -> list[str]:
     if len(names) != num_classes:
         raise ValueError(f"{path} has {len(names)} labels for a {num_classes}-class model")
     return names
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="override the crop size")
     p.add_argument("--crop-pct", type=float, help="override the crop fraction")
     p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic", "lanczos"))
-    p.add_argument("--mean", type=float, nargs="+", help="per channel, on the 0-1 scale")
-    p.add_argument("--std", type=float, nargs="+", help="per channel, on the 0-1 scale")
+    p.add_argument("--mean", type=_floats, help="per channel, comma-separated, on the 0-1 "
+                   "scale (e.g. 0.485,0.456,0.406)")
+    p.add_argument("--std", type=_floats, help="per channel, comma-separated, on the 0-1 scale")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
