@@ -250,7 +250,7 @@ def plot_grouped_filters(kernel: Any, groups: int, path: str | Path | None = Non
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(1, 2))
     left.imshow(dense, cmap="viridis", interpolation="nearest")
-    left.set(title=f"{title}: |filter| input -> output ({groups} groups)",
+    left.set(title=f"{title}: |filter|, {groups} groups",
              xlabel="output channel", ylabel="input channel")
     right.imshow(tiles, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     in_g = np.asarray(kernel).shape[2]
