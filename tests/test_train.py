@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -126,7 +128,8 @@ def test_train_step_updates_ema_and_reports_metrics():
     batch = {"image": jax.random.normal(jax.random.key(2), (4, 32, 32, 3)),
              "label": jnp.array([0, 1, 2, 3])}
     new, m = step(state, batch)
-    assert int(new.step) == 1 and bool(m["finite"]) and float(m["learning_rate"]) == pytest.approx(0.05)
+    assert int(new.step) == 1 and bool(m["finite"])
+    assert float(m["learning_rate"]) == pytest.approx(0.05)
     for e, p0, p1 in zip(jax.tree_util.tree_leaves(new.ema_params),
                          jax.tree_util.tree_leaves(state.params),
                          jax.tree_util.tree_leaves(new.params), strict=True):
@@ -147,3 +150,36 @@ def test_eval_step_ignores_padding():
     assert float(padded["count"]) == 2
     for k in ("loss", "top1", "top5"):
         np.testing.assert_allclose(padded[k], full[k], rtol=1e-5)
+
+
+def test_synthetic_throughput_config_runs_in_process(tmp_path):
+    import importlib.util
+
+    from resnext_jax.train import train_and_evaluate
+
+    spec = importlib.util.spec_from_file_location("synthetic", "configs/synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.name, config.data.image_size = "tiny_seresnext", 32
+    config.batch_size = config.eval_batch_size = 8
+    config.num_train_steps, config.log_every_steps = 3, 1
+    result = train_and_evaluate(config, str(tmp_path))
+    assert set(result) == {"eval/loss", "eval/top1", "eval/top5"}
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in lines if "train/images_per_sec" in line]) == 3
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
+    from resnext_jax.train import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), keep=2, best_metric="eval_top1")
+    state = {"w": jnp.arange(3.0)}
+    for step, top1 in [(1, 0.5), (2, 0.9), (3, 0.6), (4, None), (5, 0.7)]:
+        ckpt.save(step, {"w": state["w"] + step}, None if top1 is None else {"eval_top1": top1})
+        ckpt.wait()
+    assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
+    restored, step = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    assert step == 5 and np.array_equal(restored["w"], np.arange(3.0) + 5)
+    ckpt.close()

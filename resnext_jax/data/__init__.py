@@ -3,6 +3,7 @@
 from resnext_jax.data.pipeline import EvalData, TrainData
 from resnext_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from resnext_jax.data.sources import DatasetNotFoundError, Source, open_source
+from resnext_jax.data.synthetic import SyntheticData
 
 __all__ = ["DatasetNotFoundError", "EvalData", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess",
-           "Source", "TrainData", "open_source"]
+           "Source", "SyntheticData", "TrainData", "open_source"]

@@ -36,11 +36,15 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
             create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step of the save in flight
 
     def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
-        """Start saving ``state`` as ``step`` (async); raises :class:`CheckpointError`."""
+        """Start saving ``state`` as ``step`` (async); raises :class:`CheckpointError`, also
+        for a previous async save that failed."""
         if step in self.manager.all_steps():
             return
+        self.wait()
+        self._pending = step
         try:
             self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
                               force=True)
@@ -52,7 +56,7 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except (OSError, ValueError, RuntimeError) as e:
-            raise self._error(self.manager.latest_step(), e) from e
+            raise self._error(self._pending, e) from e
 
     def _error(self, step: int | None, e: Exception) -> CheckpointError:
         kept = sorted(self.manager.all_steps())

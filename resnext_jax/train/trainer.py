@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.metrics import MetricWriter
 from resnext_jax.train.optim import create_optimizer, create_schedule
 from resnext_jax.train.steps import TrainState, create_state, make_eval_step, make_train_step
+from resnext_jax.weights import save_weights
 from resnext_jax.zoo import create_model, get_entry
 
 
@@ -46,24 +48,14 @@ class Run:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         for key in ("batch_size", "eval_batch_size"):
             _check_divisible(key, config[key], jax.device_count())
-        self.source = data.open_source(config.data.name, data_dir=config.data.data_dir,
-                                       manual_dir=config.data.manual_dir,
-                                       bad_images=config.data.bad_images)
-        d = config.data
-        self.preprocess = data.Preprocess(
-            image_size=d.image_size, channels=d.channels, train_kind=d.train_preprocess,
-            eval_kind=d.eval_preprocess, eval_size=d.eval_size, crop_pct=d.crop_pct,
-            pad=d.pad, flip=d.flip, mean=tuple(d.mean), std=tuple(d.std),
-            resize_method=d.resize_method)
-        p, n = jax.process_index(), jax.process_count()
-        self.eval_data = data.EvalData(self.source, d.eval_split, self.preprocess,
-                                       global_batch=config.eval_batch_size, process_index=p,
-                                       process_count=n, cache=d.cache)
-        self.train_data = data.TrainData(
-            self.source, d.train_split, self.preprocess, global_batch=config.batch_size,
-            num_shards=d.num_shards or n, process_index=p, process_count=n, seed=config.seed,
-            shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch) \
-            if train else None
+        d, n = config.data, jax.process_count()
+        if d.name == "synthetic":
+            self.num_classes = get_entry(config.model.name).kwargs.get("num_classes", 1000)
+            self.eval_data = self.train_data = data.SyntheticData(
+                image_size=d.image_size, channels=d.channels, num_classes=self.num_classes,
+                global_batch=config.batch_size, process_count=n, seed=config.seed)
+        else:
+            self._real_data(config, train)
         spe = self.train_data.steps_per_epoch if train else 1
         self.total_steps = config.num_train_steps if config.num_train_steps > 0 \
             else int(math.ceil(config.num_epochs * spe))
@@ -86,14 +78,14 @@ class Run:
         self._init = jax.jit(init, out_shardings=self.state_sharding)
         self._rng, self._variables = rng, variables
         self.train_step = jax.jit(
-            make_train_step(self.model, tx, self.schedule, num_classes=self.source.num_classes,
+            make_train_step(self.model, tx, self.schedule, num_classes=self.num_classes,
                             label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
                             accum_steps=config.grad_accum_steps, seed=config.seed,
                             batch_spec=self._micro_spec),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
         self.eval_step = jax.jit(
-            make_eval_step(self.model, num_classes=self.source.num_classes,
+            make_eval_step(self.model, num_classes=self.num_classes,
                            use_ema=config.ema_decay > 0),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated)
@@ -102,6 +94,25 @@ class Run:
             best_metric=config.checkpoint.best_metric or None,
             best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
 
+    def _real_data(self, config: ConfigDict, train: bool) -> None:
+        d, p, n = config.data, jax.process_index(), jax.process_count()
+        source = data.open_source(d.name, data_dir=d.data_dir, manual_dir=d.manual_dir,
+                                  bad_images=d.bad_images)
+        self.num_classes = source.num_classes
+        preprocess = data.Preprocess(
+            image_size=d.image_size, channels=d.channels, train_kind=d.train_preprocess,
+            eval_kind=d.eval_preprocess, eval_size=d.eval_size, crop_pct=d.crop_pct,
+            pad=d.pad, flip=d.flip, mean=tuple(d.mean), std=tuple(d.std),
+            resize_method=d.resize_method)
+        self.eval_data = data.EvalData(source, d.eval_split, preprocess,
+                                       global_batch=config.eval_batch_size, process_index=p,
+                                       process_count=n, cache=d.cache)
+        self.train_data = data.TrainData(
+            source, d.train_split, preprocess, global_batch=config.batch_size,
+            num_shards=d.num_shards or n, process_index=p, process_count=n, seed=config.seed,
+            shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch) \
+            if train else None
+
     def _micro_spec(self, ndim: int) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(None, "data", *(None,) * (ndim - 2)))
 
@@ -109,7 +120,7 @@ class Run:
         m = self.config.model
         overrides = {k: v for k, v in m.items() if k not in ("name", "pretrained")}
         overrides["dtype"] = jnp.dtype(overrides.get("dtype", "float32"))
-        classes = self.source.num_classes
+        classes = self.num_classes
         if m.pretrained:
             # Keep a pretrained head when the class count matches; otherwise reset it.
             if get_entry(m.name).kwargs.get("num_classes", 1000) != classes:
@@ -215,12 +226,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
             if do_eval:
                 last_eval = run.evaluate(state)
                 writer.write(step, {**last_eval, "epoch": step / spe})
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}"
-                                                        for k, v in last_eval.items()))
+                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                         last_eval.items()), file=sys.stderr)
             if do_save:
                 ckpt.save(step, state, _best_metrics(last_eval) if do_eval else None)
             if preemption.reached(step) and not at_end:
-                bar.write(f"preempted: saving step {step} and exiting")
+                tqdm.write(f"preempted: saving step {step} and exiting", file=sys.stderr)
                 ckpt.save(step, state)
                 break
     finally:
@@ -234,9 +245,19 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     if step == run.total_steps and not last_eval:  # rerun of a finished run
         last_eval = run.evaluate(state)
     if main and step == run.total_steps:
+        _export_weights(run, state, os.path.join(workdir, "final_weights.msgpack"))
         with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"step": step, **last_eval}, f, indent=2)
     return last_eval
+
+
+def _export_weights(run: Run, state: TrainState, path: str) -> None:
+    """The evaluated weights (EMA when on) in the package's own format, for
+    ``create_model(name, pretrained=path)`` / ``--mode=eval --config.model.pretrained=path``."""
+    params = state.ema_params if run.config.ema_decay > 0 else state.params
+    local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
+                                   {"params": params, "batch_stats": state.batch_stats})
+    save_weights(path, local, run.model, model_name=run.config.model.name)
 
 
 def _best_metrics(last_eval: dict[str, float]) -> dict[str, float]:
