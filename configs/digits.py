@@ -27,12 +27,12 @@ def get_config():
     c.data.cache = True
 
     c.batch_size = c.eval_batch_size = 64
-    c.num_epochs = 15.0
+    c.num_epochs = 40.0
     c.optimizer.base_lr = 0.4  # x 64 / 256 = 0.1
     c.optimizer.nesterov = True
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_epochs = 1.0
     c.log_every_steps = 20
-    c.eval_every_epochs = 5.0
+    c.eval_every_epochs = 10.0
     c.checkpoint.every_steps = 100
     return c
