@@ -226,3 +226,11 @@ def test_embedded_digits_builds_offline(tmp_path):
     assert batches[0]["image"].shape == (64, 8, 8, 1)
     assert -1.0 <= batches[0]["image"].min() and batches[0]["image"].max() <= 1.0
     assert len(train) == 1437
+    # the file-reading path (no cache, shuffle buffer) resumes exactly too, across epochs
+    td = data.TrainData(source, "train", prep, global_batch=64, num_shards=2, process_index=0,
+                        process_count=1, seed=3, shuffle_buffer=256)
+    full = _take(td.iterate(0), td.steps_per_epoch + 3)
+    resumed = _take(td.iterate(td.steps_per_epoch - 2), 5)
+    for x, y in zip(full[-5:], resumed, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])

@@ -52,7 +52,7 @@ def test_step_schedule_divides_by_ten_at_the_given_epochs():
 
 def _tiny():
     model = create_model("tiny_seresnext", num_classes=5)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     return model, variables
 
 
@@ -68,7 +68,7 @@ def test_weight_decay_skips_batchnorm_and_biases():
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
     for name in ("sgd", "adamw", "lamb"):
         tx = create_optimizer(_opt(name=name, weight_decay=0.1), optax.constant_schedule(1.0))
-        updates, _ = tx.update(zero_grads, tx.init(params), params)
+        updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
         assert np.all(np.asarray(updates["stem"]["bn1"]["scale"]) == 0), name
         assert np.any(np.asarray(updates["stem"]["conv1"]["kernel"]) != 0), name
     with pytest.raises(ValueError, match="optimizer.name='adam'"):
@@ -121,7 +121,8 @@ def test_gradient_accumulation_equals_the_full_batch(accum):
 def test_train_step_updates_ema_and_reports_metrics():
     model, variables = _tiny()
     tx = optax.sgd(0.05, momentum=0.9)
-    state = create_state(model, tx, jax.random.key(0), (32, 32, 3), ema=True)
+    state = jax.jit(lambda r: create_state(model, tx, r, (32, 32, 3), ema=True))(
+        jax.random.key(0))
     step = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.05), num_classes=5,
                                    label_smoothing=0.1, ema_decay=0.9, accum_steps=1, seed=0,
                                    batch_spec=_spec))
@@ -140,7 +141,8 @@ def test_train_step_updates_ema_and_reports_metrics():
 
 def test_eval_step_ignores_padding():
     model, _ = _tiny()
-    state = create_state(model, optax.sgd(0.1), jax.random.key(0), (32, 32, 3), ema=False)
+    state = jax.jit(lambda r: create_state(model, optax.sgd(0.1), r, (32, 32, 3), ema=False))(
+        jax.random.key(0))
     step = jax.jit(make_eval_step(model, num_classes=5, use_ema=False))
     images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
     labels = jnp.array([0, 1, 2, 3])

@@ -15,19 +15,21 @@ class MetricWriter:
 
     def __init__(self, workdir: str) -> None:
         self.main = jax.process_index() == 0
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=not self.main, asynchronous=False)
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.file = open(self.path, "a", encoding="utf-8") if self.main else None  # noqa: SIM115
+        if not self.main:
+            return
+        self.writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+        # Appended, flushed line by line: a crash or a full disk never loses earlier lines.
+        self.file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
+        if not self.main:
+            return
         scalars = {k: float(v) for k, v in scalars.items()}
         self.writer.write_scalars(step, scalars)
-        if self.file is not None:
-            self.file.write(json.dumps({"step": step, **scalars}) + "\n")
-            self.file.flush()
+        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()
 
     def close(self) -> None:
-        self.writer.close()
-        if self.file is not None:
+        if self.main:
+            self.writer.close()
             self.file.close()
