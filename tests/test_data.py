@@ -197,6 +197,8 @@ def _decode_read(source, shard):
 def test_image_folder_bad_image_fails_when_asked(folder):
     with pytest.raises(ValueError, match=r"1 unreadable image\(s\).*broken.jpg"):
         data.open_source(folder, bad_images="fail")
+    with pytest.raises(ValueError, match="data.bad_images='ignore'"):
+        data.open_source(folder, bad_images="ignore")
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):

@@ -20,7 +20,10 @@ import tensorflow_datasets as tfds
 from resnext_jax.data import digits  # noqa: F401  (registers "sklearn_digits" with TFDS)
 
 # tf.data runs on the host CPU only; the accelerators belong to JAX.
-tf.config.set_visible_devices([], "GPU")
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow was initialised before this import: too late to change
+    logging.warning("TensorFlow already initialised its devices; it may hold GPU memory")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 EMBEDDED = ("sklearn_digits",)  # built locally on first use, no download
@@ -99,6 +102,9 @@ def open_source(name: str, *, data_dir: str | None = None, manual_dir: str | Non
                 bad_images: str = "skip") -> Source:
     """``name`` is a TFDS name (``imagenet2012``, ``cifar10``, ``sklearn_digits`` ...) or a
     directory with one subfolder per class (optionally ``train/`` and ``test/`` inside)."""
+    if bad_images not in ("skip", "fail"):
+        raise ValueError(f"data.bad_images={bad_images!r}; use 'skip' (count and leave out "
+                         "unreadable images) or 'fail'")
     if os.path.isdir(name):
         return _open_folder(name, bad_images)
     try:
