@@ -166,8 +166,14 @@ def test_synthetic_throughput_config_runs_in_process(tmp_path):
     config.model.name, config.data.image_size = "tiny_seresnext", 32
     config.batch_size = config.eval_batch_size = 8
     config.num_train_steps, config.log_every_steps = 3, 1
+    config.model.dtype = "bfloat16"  # compute; parameters stay float32
     result = train_and_evaluate(config, str(tmp_path))
     assert set(result) == {"eval/loss", "eval/top1", "eval/top5"}
+    assert np.isfinite(result["eval/loss"])
+    from resnext_jax.weights import read_weights
+
+    _, variables = read_weights(tmp_path / "final_weights.msgpack")
+    assert variables["params"]["fc"]["kernel"].dtype == np.float32
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if "train/images_per_sec" in line]) == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
