@@ -67,11 +67,12 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
     return out
 
 
-def torch_figures(args, layers):
+def torch_figures(args, models: str, layers):
+    """PyTorch's figures from a subprocess (never at the same time as JAX's)."""
     if not args.torch_python:
         return None
     cmd = [args.torch_python, os.path.join(os.path.dirname(__file__), "torch_cpu.py"),
-           "--models", args.models, "--batch", str(args.batch), "--dtype", args.dtype,
+           "--models", models, "--batch", str(args.batch), "--dtype", args.dtype,
            "--repeats", str(args.repeats), "--layers", json.dumps(layers)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -125,13 +126,11 @@ def main():
     peak = matmul_peak(dtype)
     print(f"dense matmul peak ({args.dtype}, 2048^3): {peak:.0f} GFLOP/s\n")
 
-    # PyTorch first, alone, so that the two frameworks never share the cores.
-    ref = torch_figures(args, [(layer_batch, s, c, 32, st) for s, c, st, _ in layers])
-    if ref:
-        print(f"PyTorch {ref['torch']}, timm {ref['timm']}, {ref['threads']} threads\n")
-
+    # PyTorch runs just before JAX for each model / the layers, so that the two share the
+    # (possibly busy) machine's conditions as closely as possible but never its cores.
     rows = []
     for name in models:
+        ref = torch_figures(args, name, [])
         gflops = model_gflops(name)
         for lowering in lowerings:
             modes = ["infer"] + (["train"] if lowering in train_lowerings else [])
@@ -150,14 +149,16 @@ def main():
                 rows.append([name, f"{row[1]} / PyTorch", row[2] / t["infer_img_s"],
                              row[3] / t["train_img_s"] if row[3] else None, None, None, None,
                              None])
-        print(f"{name}: {gflops:.2f} GFLOP per image forward (3x for a training step)",
-              flush=True)
+        print(f"{name}: {gflops:.2f} GFLOP per image forward (3x for a training step); "
+              + (f"PyTorch {ref['torch']}, timm {ref['timm']}, {ref['threads']} threads; "
+                 if ref else "") + f"load average {os.getloadavg()[0]:.1f}", flush=True)
     print()
     print(table(["model", "lowering", "infer img/s", "train img/s", "infer compile s",
                  "train compile s", "infer peak frac", "train peak frac"],
                 [[("" if v is None else v) for v in row] for row in rows]))
 
     if layers:
+        ref = torch_figures(args, "", [(layer_batch, s, c, 32, st) for s, c, st, _ in layers])
         print(f"\nResNeXt-50 grouped 3x3 convs (32 groups), batch {layer_batch}, ms:")
         lrows = []
         for i, (size, channels, stride, count) in enumerate(layers):

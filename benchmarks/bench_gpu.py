@@ -51,6 +51,8 @@ def main():
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--infer-batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--matmul-size", type=int, default=8192,
+                        help="side of the square bf16 matmul that measures the peak")
     parser.add_argument("--budget-s", type=float, default=330.0,
                         help="skip configurations once this much time has passed")
     args = parser.parse_args()
@@ -59,7 +61,7 @@ def main():
     if device.platform != "gpu":
         print(f"warning: running on {device.platform}, not a GPU; the figures mean little")
     kind = getattr(device, "device_kind", device.platform)
-    peak = matmul_peak_tflops()
+    peak = matmul_peak_tflops(args.matmul_size)
     nominal = nominal_tflops(kind)
     print(f"# {kind}, jax {jax.__version__}; bf16 matmul {peak:.0f} TFLOP/s measured"
           + (f", {nominal:.0f} nominal" if nominal else "") + "\n", flush=True)
@@ -85,7 +87,7 @@ def main():
                          train["train_compile_s"], infer["infer_compile_s"],
                          t_flops / peak, i_flops / peak,
                          t_flops / nominal if nominal else "",
-                         train["train_img_s"] / ANCHORS[name]])
+                         train["train_img_s"] / ANCHORS[name] if name in ANCHORS else ""])
             print(f"{name} / {lowering}: train {train['train_img_s']:.0f} img/s, "
                   f"inference {infer['infer_img_s']:.0f} img/s", flush=True)
     print()

@@ -1,8 +1,10 @@
 """Pure array functions (no Flax) behind the model's convolution and pooling layers.
 
 Every function takes a ``lowering`` name. ``"xla"`` is the reference: XLA's own
-convolution / reduce_window, forward and gradient. Other lowerings compute the same
-numbers from the same kernel layout, so checkpoints never depend on the lowering.
+convolution / reduce_window, forward and gradient. ``"einsum_grad"`` and ``"fast"``
+compute the same numbers from the same kernel layout (so checkpoints never depend on the
+lowering) by paths that XLA:CPU runs faster; ``"auto"`` (the default) picks one per
+backend (:func:`resolve`). See :mod:`resnext_jax.ops.conv` and the README's "Speed".
 """
 
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
