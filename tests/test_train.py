@@ -191,3 +191,14 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
     restored, step = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     assert step == 5 and np.array_equal(restored["w"], np.arange(3.0) + 5)
     ckpt.close()
+
+
+def test_metric_lines_append_locally_and_on_object_stores(tmp_path):
+    import tensorflow as tf
+
+    from resnext_jax.train.metrics import append_line
+
+    for path in (str(tmp_path / "m.jsonl"), "ram://resnext_test/m.jsonl"):  # ram:// = remote
+        append_line(path, '{"step": 1}')
+        append_line(path, '{"step": 2}')
+        assert tf.io.gfile.GFile(path).read() == '{"step": 1}\n{"step": 2}\n'

@@ -263,3 +263,12 @@ def test_eval_only_with_exported_weights_reproduces_the_final_eval(tmp_path, ref
     assert evaluated["weights"] == weights and evaluated["split"] == "test"
     assert evaluated["eval/top1"] == pytest.approx(final["eval/top1"], abs=1e-6)
     assert evaluated["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
+
+
+def test_checkpoints_of_another_model_stop_the_run_untouched(tmp_path, reference):
+    workdir = str(tmp_path / "w")
+    shutil.copytree(reference[0], workdir)
+    result = _run(_cmd(workdir, "--config.model.cardinality=2", steps=12))
+    assert result.returncode == 1
+    assert "holds a different model" in result.stderr and "new --workdir" in result.stderr
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]

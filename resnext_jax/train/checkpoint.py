@@ -22,10 +22,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written; earlier checkpoints are intact."""
 
 
+class ConfigMismatchError(ValueError):
+    """The workdir's checkpoints were written for another model."""
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, best_metric: str | None = None,
                  best_mode: str = "max", async_save: bool = True) -> None:
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         policies: list[pp.PreservationPolicy] = [pp.LatestN(keep)]
         if best_metric:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric],
@@ -69,12 +73,31 @@ class Checkpointer:
         """The newest readable checkpoint as ``(state, step)``, or None when there is none."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                self._check_same_model(step, abstract_state)
                 state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
                 jax.block_until_ready(state)
                 return state, step
-            except Exception as e:  # noqa: BLE001 - any failure to read means: fall back
+            except ConfigMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any other failure to read means: fall back
                 self._set_aside(step, e)
         return None
+
+    def _check_same_model(self, step: int, abstract_state: Any) -> None:
+        """A checkpoint of another architecture is not corrupt: stop instead of falling back."""
+        if not hasattr(abstract_state, "params"):
+            return
+        path = os.path.join(self.directory, str(step), "default")
+        saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree["params"]
+        shapes = [{jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+                   for k, v in jax.tree_util.tree_leaves_with_path(t)}
+                  for t in (saved, abstract_state.params)]
+        if shapes[0] != shapes[1]:
+            diff = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[:3]
+            raise ConfigMismatchError(
+                f"the checkpoint of step {step} in {self.directory} holds a different model "
+                f"(parameters differ, e.g. {diff}); use a new --workdir for a new config, or "
+                "the config that wrote it")
 
     def restore(self, step: int, abstract_state: Any) -> Any:
         if step not in self.manager.all_steps():
@@ -87,7 +110,8 @@ class Checkpointer:
         logging.warning("checkpoint of step %d in %s is unreadable (%s: %s); %s", step,
                         self.directory, type(error).__name__, str(error)[:300],
                         f"falling back to step {max(older)}" if older else "no older one")
-        if jax.process_index() == 0:
+        # Object stores cannot rename a directory: there the step stays, newer saves pass it.
+        if jax.process_index() == 0 and "://" not in self.directory:
             path = os.path.join(self.directory, str(step))
             os.replace(path, os.path.join(self.directory, f"corrupt_{step}"))
         if jax.process_count() > 1:

@@ -14,12 +14,14 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from resnext_jax import data
 from resnext_jax.train.checkpoint import Checkpointer
-from resnext_jax.train.metrics import MetricWriter
+from resnext_jax.train.metrics import MetricWriter, append_line, is_remote, write_text
 from resnext_jax.train.optim import create_optimizer, create_schedule
 from resnext_jax.train.steps import TrainState, create_state, make_eval_step, make_train_step
 from resnext_jax.weights import save_weights
@@ -185,12 +187,11 @@ class _Preemption:
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     """Train (resuming from ``workdir`` when it holds checkpoints); returns the last eval."""
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     run = Run(config, workdir, train=True)
     main = jax.process_index() == 0
     if main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     state, step = run.initial_state()
     writer, ckpt = MetricWriter(workdir), run.checkpointer
     spe = run.train_data.steps_per_epoch
@@ -246,8 +247,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
         last_eval = run.evaluate(state)
     if main and step == run.total_steps:
         _export_weights(run, state, os.path.join(workdir, "final_weights.msgpack"))
-        with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **last_eval}, f, indent=2)
+        write_text(os.path.join(workdir, "final_metrics.json"),
+                   json.dumps({"step": step, **last_eval}, indent=2))
     return last_eval
 
 
@@ -257,7 +258,12 @@ def _export_weights(run: Run, state: TrainState, path: str) -> None:
     params = state.ema_params if run.config.ema_decay > 0 else state.params
     local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
                                    {"params": params, "batch_stats": state.batch_stats})
-    save_weights(path, local, run.model, model_name=run.config.model.name)
+    if not is_remote(path):
+        save_weights(path, local, run.model, model_name=run.config.model.name)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_weights(os.path.join(tmp, "w"), local, run.model, model_name=run.config.model.name)
+        tf.io.gfile.copy(os.path.join(tmp, "w"), path, overwrite=True)
 
 
 def _best_metrics(last_eval: dict[str, float]) -> dict[str, float]:
@@ -306,7 +312,6 @@ def evaluate(config: ConfigDict, workdir: str, step: int | None = None) -> dict[
         run.checkpointer.close()
     result = {"weights": source, "split": config.data.eval_split, **metrics}
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "eval_metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
+        tf.io.gfile.makedirs(workdir)
+        append_line(os.path.join(workdir, "eval_metrics.jsonl"), json.dumps(result))
     return result
