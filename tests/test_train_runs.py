@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -229,11 +228,10 @@ def test_full_disk_while_saving_keeps_what_was_written(tmp_path, reference):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         before = f.read()
 
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (32_000, 32_000))
-
-    result = _run(_cmd(workdir, steps=12), preexec_fn=limit)
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+               " resource.setrlimit(resource.RLIMIT_FSIZE, (32_000, 32_000));"
+               " runpy.run_module('resnext_jax.main', run_name='__main__', alter_sys=True)")
+    result = _run([sys.executable, "-c", limited, *_cmd(workdir, steps=12)[3:]])
     assert result.returncode == 1, result.stderr[-3000:]
     assert "could not write the checkpoint of step 8" in result.stderr
     assert "resumes from the last complete checkpoint" in result.stderr
