@@ -63,7 +63,7 @@ def main():
     kind = getattr(device, "device_kind", device.platform)
     peak = matmul_peak_tflops(args.matmul_size)
     nominal = nominal_tflops(kind)
-    print(f"# {kind}, jax {jax.__version__}; bf16 matmul {peak:.0f} TFLOP/s measured"
+    print(f"# {kind}, jax {jax.__version__}; bf16 matmul {peak:.1f} TFLOP/s measured"
           + (f", {nominal:.0f} nominal" if nominal else "") + "\n", flush=True)
 
     rows, skipped = [], []
