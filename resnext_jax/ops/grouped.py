@@ -133,7 +133,12 @@ def input_grad(dy: jax.Array, kernel: jax.Array, in_hw: tuple[int, int], stride:
 
 
 def use_direct(kernel_shape: tuple[int, ...], groups: int) -> bool:
-    """Narrow groups: the direct form's fusion stays small (measured, README "Speed")."""
+    """Narrow groups, where the direct form's fusion stays small.
+
+    Measured forward at batch 8, 32 groups: in-width 4 (56x56x128) 20 ms direct vs 122-190 ms
+    XLA; in-width 8 (28x28x256) 30 vs 49-176 ms; in-width 16 (14x14x512) 518 vs 15-18 ms.
+    The dtype does not change the choice: the direct form accumulates in float32.
+    """
     kh, kw, width, _ = kernel_shape
     return groups > 1 and width <= 8 and kh * kw * width <= 72
 
