@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
-from test_weights_parity import FIXTURES, MANIFEST, fixture_model, fixture_state
+from weight_fixtures import FIXTURES, MANIFEST, fixture_model, fixture_state
 
 import resnext_jax as rx
 from resnext_jax.weights import (

@@ -7,30 +7,18 @@ The live test repeats the check on full-size timm models when torch and timm are
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from weight_fixtures import FIXTURES, MANIFEST, fixture_model, fixture_state
 
 import resnext_jax as rx
-from resnext_jax.weights import detect_layout, read_state_dict, torch_to_flax
+from resnext_jax.weights import detect_layout, torch_to_flax
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "weights")
-MANIFEST = json.load(open(os.path.join(FIXTURES, "manifest.json"), encoding="utf-8"))
 TOL = 1e-4
-
-
-def fixture_model(name: str, **overrides: object) -> rx.ResNet:
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in MANIFEST["fixtures"][name]["resnet"].items()}
-    return rx.ResNet(**{**kwargs, **overrides})
-
-
-def fixture_state(name: str) -> dict[str, np.ndarray]:
-    return read_state_dict(os.path.join(FIXTURES, f"{name}.safetensors"))
 
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
