@@ -7,12 +7,15 @@ training step of ResNeXt-50 / SE-ResNeXt-50 at 224 with each lowering, with comp
 the PyTorch figures, ratios and the fraction of peak; per-layer forward / input-gradient /
 kernel-gradient times of ResNeXt-50's grouped convolutions; and the compile time of a
 ResNeXt-101 32x8d training step. XLA's own lowering trains at minutes per step on a CPU,
-so its training step runs only when named in ``--train-lowerings``.
+so its training step runs only when named in ``--train-lowerings``. Every JAX figure is
+compiled with ``rx.compiler_options()`` (what the trainer uses), except the rows marked
+"XLA defaults" (``--xla-defaults``), which show what those options change.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -54,9 +57,10 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
                           lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
-    fns = {"fwd": jax.jit(lambda x, k, dy: conv(x, k)),
-           "dx": jax.jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
-           "dk": jax.jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
+    jit = functools.partial(jax.jit, compiler_options=rx.compiler_options())
+    fns = {"fwd": jit(lambda x, k, dy: conv(x, k)),
+           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
+           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
     out = {}
     for what, fn in fns.items():
         jax.block_until_ready(fn(x, k, dy))
@@ -105,6 +109,8 @@ def main():
     parser.add_argument("--lowerings", default="xla,einsum_grad,fast",
                         help="lowerings for inference and per-layer times")
     parser.add_argument("--train-lowerings", default="einsum_grad,fast")
+    parser.add_argument("--xla-defaults", default="fast",
+                        help="lowerings also measured without rx.compiler_options()")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--skip-layers", action="store_true")
@@ -117,6 +123,9 @@ def main():
     models = [m for m in args.models.split(",") if m]
     lowerings = [m for m in args.lowerings.split(",") if m]
     train_lowerings = [m for m in args.train_lowerings.split(",") if m]
+    # (row label, lowering, XLA options): None means rx.compiler_options().
+    variants = [(lo, lo, None) for lo in lowerings] + [
+        (f"{lo} (XLA defaults)", lo, {}) for lo in args.xla_defaults.split(",") if lo]
     layer_batch = args.layer_batch or args.batch
     layers = [] if args.skip_layers else RESNEXT50_GROUPED
 
@@ -132,11 +141,12 @@ def main():
     for name in models:
         ref = torch_figures(args, name, [])
         gflops = model_gflops(name)
-        for lowering in lowerings:
+        for label, lowering, options in variants:
             modes = ["infer"] + (["train"] if lowering in train_lowerings else [])
-            r = time_model(name, lowering, dtype, args.batch, modes, args.repeats)
+            r = time_model(name, lowering, dtype, args.batch, modes, args.repeats,
+                           options=options)
             infer, train = r.get("infer_img_s"), r.get("train_img_s")
-            rows.append([name, lowering, infer, train,
+            rows.append([name, label, infer, train,
                          r.get("infer_compile_s"), r.get("train_compile_s"),
                          gflops * infer / peak,
                          3 * gflops * train / peak if train else None])
@@ -145,7 +155,7 @@ def main():
             rows.append([name, "PyTorch channels_last", t["infer_img_s"], t["train_img_s"],
                          None, None, gflops * t["infer_img_s"] / peak,
                          3 * gflops * t["train_img_s"] / peak])
-            for row in rows[-len(lowerings) - 1:-1]:
+            for row in rows[-len(variants) - 1:-1]:
                 rows.append([name, f"{row[1]} / PyTorch", row[2] / t["infer_img_s"],
                              row[3] / t["train_img_s"] if row[3] else None, None, None, None,
                              None])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -38,10 +39,15 @@ def build(name: str, lowering: str, dtype: Any, batch: int, image_size: int = 22
     return model, variables, images, labels
 
 
-def make_steps(model, tx: optax.GradientTransformation):
-    """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned)."""
+def make_steps(model, tx: optax.GradientTransformation, options: dict | None = None):
+    """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned).
 
-    @jax.jit
+    ``options``: XLA compiler options for both (default: ``rx.compiler_options()``).
+    """
+    jit = functools.partial(jax.jit, compiler_options=rx.compiler_options()
+                            if options is None else options)
+
+    @jit
     def infer(variables, images):
         return model.apply(variables, images, train=False)
 
@@ -52,7 +58,7 @@ def make_steps(model, tx: optax.GradientTransformation):
             logits.astype(jnp.float32), labels).mean()
         return loss, updates["batch_stats"]
 
-    @jax.jit
+    @jit
     def train(params, batch_stats, opt_state, images, labels):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, images, labels)
@@ -63,11 +69,12 @@ def make_steps(model, tx: optax.GradientTransformation):
 
 
 def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence[str],
-               repeats: int, image_size: int = 224) -> dict[str, float]:
+               repeats: int, image_size: int = 224,
+               options: dict | None = None) -> dict[str, float]:
     """Compile seconds and img/s of inference (batch ``batch``) and / or a training step."""
     model, variables, images, labels = build(name, lowering, dtype, batch, image_size)
     tx = optax.sgd(0.1, momentum=0.9)
-    infer, train = make_steps(model, tx)
+    infer, train = make_steps(model, tx, options)
     out = {}
     if "infer" in modes:
         start = time.perf_counter()

@@ -120,6 +120,8 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
     """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode."""
     import jax
 
+    from resnext_jax.ops import compiler_options
+
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}; choose one of {LAYERS}")
     needs_head = with_logits or layer == "logits"
@@ -140,7 +142,8 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
             out.setdefault("features", out["logits"])
         return out
 
-    return jax.jit(lambda variables, images: model.apply(variables, images, method=outputs))
+    return jax.jit(lambda variables, images: model.apply(variables, images, method=outputs),
+                   compiler_options=compiler_options())
 
 
 def _batches(files: Sequence[Path], pre: Preprocess, batch_size: int, workers: int,

@@ -8,6 +8,7 @@ from separate functions that the tests check.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import warnings
@@ -18,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib.figure import Figure
+
+from resnext_jax.ops import compiler_options
 
 # --------------------------------------------------------------------------------------------
 # SE excitations
@@ -109,7 +112,7 @@ def se_excitations(model: Any, variables: Mapping[str, Any],
         raise ValueError("the model has no SE blocks (se=None), so it sows no 'gate'; use an "
                          "SE model such as seresnext50_32x4d")
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def gates_of(variables, images):
         _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
         return _gate_paths(state.get("intermediates", {}))

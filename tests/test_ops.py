@@ -131,7 +131,8 @@ def test_model_default_lowering_is_auto():
 
 
 def test_tiny_seresnext_train_step_matches_xla():
-    """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads.
+    """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads,
+    with XLA's default compiler options and with ``ops.compiler_options()``.
 
     ``zero_init_last=False`` so that the residual branches reach the output, and maps of at
     least 2x2 at the last stage so that train-mode BatchNorm statistics are well conditioned.
@@ -139,7 +140,7 @@ def test_tiny_seresnext_train_step_matches_xla():
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
     weights = jax.random.normal(jax.random.key(2), (4, 10))
     results = {}
-    for lowering in ("xla", "fast"):
+    for lowering, options in [("xla", {}), ("fast", {}), ("fast", ops.compiler_options())]:
         model = create_model("tiny_seresnext", lowering=lowering, zero_init_last=False)
         variables = model.init(jax.random.key(1), x)
 
@@ -148,12 +149,36 @@ def test_tiny_seresnext_train_step_matches_xla():
                                     mutable=["batch_stats"])
             return jnp.sum(logits * weights), logits
 
-        results[lowering] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-    ((_, ref_logits), ref_grads), ((_, logits), grads) = results["xla"], results["fast"]
-    _assert_close(logits, ref_logits, jnp.float32, "logits")
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=options)
+        results[lowering, bool(options)] = step(variables["params"])
+    (_, ref_logits), ref_grads = results.pop(("xla", False))
     flat_ref = dict(jax.tree_util.tree_leaves_with_path(ref_grads))
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        _assert_close(g, flat_ref[path], jnp.float32, jax.tree_util.keystr(path))
+    for (_, logits), grads in results.values():
+        _assert_close(logits, ref_logits, jnp.float32, "logits")
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            _assert_close(g, flat_ref[path], jnp.float32, jax.tree_util.keystr(path))
+
+
+def test_compiler_options_per_backend():
+    assert ops.compiler_options("gpu") == {} and ops.compiler_options("tpu") == {}
+    # Only reductions go to YNNPACK on the CPU (README "Speed"); jaxlib accepts the option.
+    assert ops.compiler_options("cpu") == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_direct_form_propagates_non_finite_kernels_like_xla(bad):
+    """The direct form runs behind a conditional on the kernel's first element being finite."""
+    x, kernel, _ = _conv_inputs(8, 4, 4, 3, 6, jnp.float32)
+    assert use_direct(kernel.shape, 8)
+    for index in [(0, 0, 0, 0), (1, 2, 3, 5)]:  # the predicate's element and another
+        k = kernel.at[index].set(bad)
+        out = {lo: ops.conv2d(x, k, padding=((1, 1), (1, 1)), groups=8, lowering=lo)
+               for lo in ("xla", "fast")}
+        np.testing.assert_array_equal(np.isnan(out["fast"]), np.isnan(out["xla"]))
+        finite = np.isfinite(out["xla"])
+        np.testing.assert_allclose(np.asarray(out["fast"])[finite],
+                                   np.asarray(out["xla"])[finite], rtol=1e-4, atol=1e-4)
 
 
 SHARDED = textwrap.dedent("""

@@ -5,9 +5,11 @@ convolution / reduce_window, forward and gradient. ``"einsum_grad"`` and ``"fast
 compute the same numbers from the same kernel layout (so checkpoints never depend on the
 lowering) by paths that XLA:CPU runs faster; ``"auto"`` (the default) picks one per
 backend (:func:`resolve`). See :mod:`resnext_jax.ops.conv` and the README's "Speed".
+:func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
 
+from resnext_jax.ops.compiler import compiler_options
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
 
-__all__ = ["LOWERINGS", "conv2d", "resolve", "max_pool", "avg_pool_ceil"]
+__all__ = ["LOWERINGS", "compiler_options", "conv2d", "resolve", "max_pool", "avg_pool_ceil"]

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from resnext_jax import data
+from resnext_jax.ops import compiler_options
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.metrics import MetricWriter, append_line, is_remote, write_text
 from resnext_jax.train.optim import create_optimizer, create_schedule
@@ -85,12 +86,13 @@ class Run:
                             accum_steps=config.grad_accum_steps, seed=config.seed,
                             batch_spec=self._micro_spec),
             in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
+            compiler_options=compiler_options())
         self.eval_step = jax.jit(
             make_eval_step(self.model, num_classes=self.num_classes,
                            use_ema=config.ema_decay > 0),
             in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=self.replicated)
+            out_shardings=self.replicated, compiler_options=compiler_options())
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
