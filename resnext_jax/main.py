@@ -47,10 +47,13 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
     from resnext_jax import train  # after initialize(): the backend starts here
+    from resnext_jax.ops import huge_pages_hint
 
     logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__,
                  jax.device_count(), jax.default_backend(), jax.process_index(),
                  jax.process_count())
+    if hint := huge_pages_hint():
+        logging.info("%s", hint)
     try:
         if FLAGS.mode == "eval":
             result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)

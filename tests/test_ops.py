@@ -166,6 +166,16 @@ def test_compiler_options_per_backend():
         "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+def test_huge_pages_hint(monkeypatch):
+    assert ops.huge_pages_hint("gpu") is None
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert ops.huge_pages_hint("cpu") is None
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    hint = ops.huge_pages_hint("cpu")
+    if hint is not None:  # Linux, glibc >= 2.35, transparent huge pages available
+        assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in hint
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_direct_form_propagates_non_finite_kernels_like_xla(bad):
     """The direct form runs behind a conditional on the kernel's first element being finite."""

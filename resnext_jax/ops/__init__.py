@@ -8,8 +8,9 @@ backend (:func:`resolve`). See :mod:`resnext_jax.ops.conv` and the README's "Spe
 :func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
 
-from resnext_jax.ops.compiler import compiler_options
+from resnext_jax.ops.compiler import compiler_options, huge_pages_hint
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
 
-__all__ = ["LOWERINGS", "compiler_options", "conv2d", "resolve", "max_pool", "avg_pool_ceil"]
+__all__ = ["LOWERINGS", "compiler_options", "conv2d", "huge_pages_hint", "resolve", "max_pool",
+           "avg_pool_ceil"]
