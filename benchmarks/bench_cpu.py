@@ -1,6 +1,7 @@
 """CPU speed of every lowering, side by side with PyTorch + timm (channels_last).
 
-    PYTHONPATH=. python benchmarks/bench_cpu.py --torch-python /work/torchenv/bin/python
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python benchmarks/bench_cpu.py \
+        --torch-python /work/torchenv/bin/python
 
 Prints, in one run: the machine's dense-matmul peak; img/s of inference and of a full SGD
 training step of ResNeXt-50 / SE-ResNeXt-50 at 224 with each lowering, with compile times,
@@ -131,7 +132,8 @@ def main():
 
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {args.batch}, "
-          f"{args.dtype}, median of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.dtype}, median of {args.repeats}; load average {os.getloadavg()[0]:.1f}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (applies to PyTorch too)")
     peak = matmul_peak(dtype)
     print(f"dense matmul peak ({args.dtype}, 2048^3): {peak:.0f} GFLOP/s\n")
 
