@@ -9,14 +9,13 @@ the PyTorch figures, ratios and the fraction of peak; per-layer forward / input-
 kernel-gradient times of ResNeXt-50's grouped convolutions; and the compile time of a
 ResNeXt-101 32x8d training step. XLA's own lowering trains at minutes per step on a CPU,
 so its training step runs only when named in ``--train-lowerings``. Every JAX figure is
-compiled with ``rx.compiler_options()`` (what the trainer uses), except the rows marked
+compiled with ``rx.compiler_options(train=...)`` (what the trainer uses), except the rows marked
 "XLA defaults" (``--xla-defaults``), which show what those options change.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -58,8 +57,10 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
                           lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
-    jit = functools.partial(jax.jit, compiler_options=rx.compiler_options())
-    fns = {"fwd": jit(lambda x, k, dy: conv(x, k)),
+    def jit(fn, train=True):
+        return jax.jit(fn, compiler_options=rx.compiler_options(train=train))
+
+    fns = {"fwd": jit(lambda x, k, dy: conv(x, k), train=False),
            "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
            "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
     out = {}
@@ -111,7 +112,7 @@ def main():
                         help="lowerings for inference and per-layer times")
     parser.add_argument("--train-lowerings", default="einsum_grad,fast")
     parser.add_argument("--xla-defaults", default="fast",
-                        help="lowerings also measured without rx.compiler_options()")
+                        help="lowerings also measured without rx.compiler_options")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--skip-layers", action="store_true")
@@ -124,7 +125,7 @@ def main():
     models = [m for m in args.models.split(",") if m]
     lowerings = [m for m in args.lowerings.split(",") if m]
     train_lowerings = [m for m in args.train_lowerings.split(",") if m]
-    # (row label, lowering, XLA options): None means rx.compiler_options().
+    # (row label, lowering, XLA options): None means rx.compiler_options(train=...).
     variants = [(lo, lo, None) for lo in lowerings] + [
         (f"{lo} (XLA defaults)", lo, {}) for lo in args.xla_defaults.split(",") if lo]
     layer_batch = args.layer_batch or args.batch

@@ -42,12 +42,13 @@ def build(name: str, lowering: str, dtype: Any, batch: int, image_size: int = 22
 def make_steps(model, tx: optax.GradientTransformation, options: dict | None = None):
     """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned).
 
-    ``options``: XLA compiler options for both (default: ``rx.compiler_options()``).
+    ``options``: XLA compiler options for both (default: ``rx.compiler_options(train=...)``).
     """
-    jit = functools.partial(jax.jit, compiler_options=rx.compiler_options()
-                            if options is None else options)
+    def jit(fn, train):
+        return jax.jit(fn, compiler_options=rx.compiler_options(train=train)
+                       if options is None else options)
 
-    @jit
+    @functools.partial(jit, train=False)
     def infer(variables, images):
         return model.apply(variables, images, train=False)
 
@@ -58,7 +59,7 @@ def make_steps(model, tx: optax.GradientTransformation, options: dict | None = N
             logits.astype(jnp.float32), labels).mean()
         return loss, updates["batch_stats"]
 
-    @jit
+    @functools.partial(jit, train=True)
     def train(params, batch_stats, opt_state, images, labels):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, images, labels)

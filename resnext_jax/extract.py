@@ -143,7 +143,7 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
         return out
 
     return jax.jit(lambda variables, images: model.apply(variables, images, method=outputs),
-                   compiler_options=compiler_options())
+                   compiler_options=compiler_options(train=False))
 
 
 def _batches(files: Sequence[Path], pre: Preprocess, batch_size: int, workers: int,

@@ -112,7 +112,7 @@ def se_excitations(model: Any, variables: Mapping[str, Any],
         raise ValueError("the model has no SE blocks (se=None), so it sows no 'gate'; use an "
                          "SE model such as seresnext50_32x4d")
 
-    @functools.partial(jax.jit, compiler_options=compiler_options())
+    @functools.partial(jax.jit, compiler_options=compiler_options(train=False))
     def gates_of(variables, images):
         _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
         return _gate_paths(state.get("intermediates", {}))

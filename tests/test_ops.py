@@ -132,7 +132,7 @@ def test_model_default_lowering_is_auto():
 
 def test_tiny_seresnext_train_step_matches_xla():
     """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads,
-    with XLA's default compiler options and with ``ops.compiler_options()``.
+    with XLA's default compiler options and with ``ops.compiler_options(train=True)``.
 
     ``zero_init_last=False`` so that the residual branches reach the output, and maps of at
     least 2x2 at the last stage so that train-mode BatchNorm statistics are well conditioned.
@@ -140,7 +140,8 @@ def test_tiny_seresnext_train_step_matches_xla():
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
     weights = jax.random.normal(jax.random.key(2), (4, 10))
     results = {}
-    for lowering, options in [("xla", {}), ("fast", {}), ("fast", ops.compiler_options())]:
+    tuned = ops.compiler_options(train=True)
+    for lowering, options in [("xla", {}), ("fast", {}), ("fast", tuned)]:
         model = create_model("tiny_seresnext", lowering=lowering, zero_init_last=False)
         variables = model.init(jax.random.key(1), x)
 
@@ -160,10 +161,14 @@ def test_tiny_seresnext_train_step_matches_xla():
 
 
 def test_compiler_options_per_backend():
-    assert ops.compiler_options("gpu") == {} and ops.compiler_options("tpu") == {}
-    # Only reductions go to YNNPACK on the CPU (README "Speed"); jaxlib accepts the option.
-    assert ops.compiler_options("cpu") == {
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+    for train in (True, False):
+        assert ops.compiler_options(train=train, backend="gpu") == {}
+        assert ops.compiler_options(train=train, backend="tpu") == {}
+    # On the CPU (README "Speed"): training hands only reductions to YNNPACK, inference
+    # nothing; this jaxlib accepts both.
+    ynn = "xla_cpu_experimental_ynn_fusion_type"
+    assert ops.compiler_options(train=True, backend="cpu") == {ynn: "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert ops.compiler_options(train=False, backend="cpu") == {ynn: ""}
 
 
 def test_huge_pages_hint(monkeypatch):

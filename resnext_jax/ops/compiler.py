@@ -1,13 +1,17 @@
 """XLA compiler options under which these models run fastest, per backend.
 
-Pass them to ``jax.jit(fn, compiler_options=compiler_options())``; they apply to that
+Pass them to ``jax.jit(fn, compiler_options=compiler_options(train=...))``; they apply to that
 computation only, never to the rest of the process (unlike ``XLA_FLAGS``).
 
 On the CPU, XLA hands matrix products, elementwise ops and reductions to YNNPACK by default.
-For ResNeXt, Eigen's matrix products are faster and YNNPACK's reductions (BatchNorm
-statistics and gradients) are faster than XLA's own loops, so only reductions go to
-YNNPACK. Measured on the project's 2-core CPU, ResNeXt-50 32x4d, fp32, batch 16: training
-step 3.1-3.5 vs 2.6-3.0 img/s, inference 13.7-15.3 vs 10.4-11.2 img/s (README "Speed").
+For ResNeXt, Eigen's matrix products are faster; YNNPACK's reductions (train-mode BatchNorm
+statistics and gradients) are faster than XLA's own loops, but a YNNPACK reduction also
+absorbs the products and convolutions that feed it. So a training step hands only reductions
+to YNNPACK, and inference, whose only reduction is the final pooling (where that absorption
+swallowed the last two blocks: 102 ms of a 1.1 s batch), hands it nothing. Measured on the
+project's 2-core CPU, ResNeXt-50 32x4d, fp32, batch 16, huge pages on (below), each pair
+side by side: training step 3.95-4.22 vs 3.54-3.82 img/s with XLA's defaults, inference
+16.8 vs 12.9-14.5 img/s (README "Speed").
 
 The other CPU cost no option reaches: XLA allocates a step's temporaries afresh on every
 call, and with 4 KiB pages the kernel faults in each one (about a million page faults and a
@@ -24,7 +28,9 @@ from typing import Any
 
 import jax
 
-_CPU = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+_CPU_TRAIN = {_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
+_CPU_INFER = {_YNN: ""}
 
 
 @functools.cache
@@ -37,14 +43,17 @@ def _accepted(options: tuple[tuple[str, Any], ...]) -> bool:
     return True
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any]:
+def compiler_options(*, train: bool, backend: str | None = None) -> dict[str, Any]:
     """The options for ``backend`` (default: JAX's default backend); ``{}`` where none help.
 
-    GPU / TPU get none: XLA's defaults there have not been measured worse.
+    ``train``: for a computation with train-mode BatchNorm (a training step); ``False`` for
+    inference and evaluation. GPU / TPU get none: XLA's defaults there have not been
+    measured worse.
     """
-    if (backend or jax.default_backend()) != "cpu" or not _accepted(tuple(_CPU.items())):
+    options = _CPU_TRAIN if train else _CPU_INFER
+    if (backend or jax.default_backend()) != "cpu" or not _accepted(tuple(options.items())):
         return {}
-    return dict(_CPU)
+    return dict(options)
 
 
 def huge_pages_hint(backend: str | None = None) -> str | None:

@@ -87,12 +87,12 @@ class Run:
                             batch_spec=self._micro_spec),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
-            compiler_options=compiler_options())
+            compiler_options=compiler_options(train=True))
         self.eval_step = jax.jit(
             make_eval_step(self.model, num_classes=self.num_classes,
                            use_ema=config.ema_decay > 0),
             in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=self.replicated, compiler_options=compiler_options())
+            out_shardings=self.replicated, compiler_options=compiler_options(train=False))
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
