@@ -203,13 +203,16 @@ def test_direct_form_is_computed_once_per_use():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_direct_form_propagates_non_finite_kernels_like_xla(bad):
-    """The direct form runs behind a conditional on the kernel's first element being finite."""
+def test_direct_form_propagates_non_finite_values_like_xla(bad):
+    """The direct form runs behind a conditional on the input's first element being finite,
+    whose other branch is XLA's convolution: either way the same numbers."""
     x, kernel, _ = _conv_inputs(8, 4, 4, 3, 6, jnp.float32)
     assert use_direct(kernel.shape, 8)
-    for index in [(0, 0, 0, 0), (1, 2, 3, 5)]:  # the predicate's element and another
-        k = kernel.at[index].set(bad)
-        out = {lo: ops.conv2d(x, k, padding=((1, 1), (1, 1)), groups=8, lowering=lo)
+    cases = [(x.at[0, 0, 0, 0].set(bad), kernel),  # the predicate's element: XLA's branch
+             (x.at[1, 2, 3, 5].set(bad), kernel),
+             (x, kernel.at[0, 0, 0, 0].set(bad)), (x, kernel.at[1, 2, 3, 5].set(bad))]
+    for inputs, k in cases:
+        out = {lo: ops.conv2d(inputs, k, padding=((1, 1), (1, 1)), groups=8, lowering=lo)
                for lo in ("xla", "fast")}
         np.testing.assert_array_equal(np.isnan(out["fast"]), np.isnan(out["xla"]))
         finite = np.isfinite(out["xla"])

@@ -54,22 +54,30 @@ def xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
+def _unfused(fn, *args, otherwise=None):
+    """``fn(*args)`` compiled as a computation of its own, which XLA neither fuses into its
+    consumers nor recomputes inside each of them.
+
+    A conditional's branches are separate computations. The predicate (the first argument's
+    first element is finite) is opaque to XLA; the other branch, ``otherwise`` (default
+    ``fn``), must compute the same result, so it never depends on which branch runs.
+    ``lax.optimization_barrier`` does not do this: XLA:CPU expands it before fusion.
+    """
+    return lax.cond(jnp.isfinite(jnp.ravel(args[0])[0]), fn, otherwise or fn, *args)
+
+
 def direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
                 groups: int) -> jax.Array:
     """Grouped convolution as a sum of broadcast products, one per (tap, input channel).
 
-    Computed behind a fusion boundary: a conditional, whose branches XLA compiles as
-    separate computations. Without it XLA fuses these multiply-adds into every consumer
-    (BatchNorm statistics, normalisation, ReLU, the gradient's transposes) and redoes them
-    in each: 42 % of a ResNeXt-50 training step on the CPU. ``lax.optimization_barrier``
-    does not prevent that (XLA:CPU expands it before fusion). The predicate is opaque to
-    XLA but true for any finite kernel; otherwise XLA's own convolution runs, which gives
-    the same numbers, so the result never depends on which branch was taken.
+    Unfused: otherwise XLA fuses these multiply-adds into every consumer (BatchNorm
+    statistics, normalisation, ReLU, the gradient's transposes) and redoes them in each,
+    42 % of a ResNeXt-50 training step on the CPU. The other branch is XLA's convolution,
+    which compiles faster than a second copy of this one.
     """
     static = dict(stride=stride, padding=padding, groups=groups)
-    return lax.cond(jnp.isfinite(kernel[0, 0, 0, 0]),
-                    functools.partial(_direct_conv, **static),
-                    functools.partial(xla_conv, **static), x, kernel)
+    return _unfused(functools.partial(_direct_conv, **static), x, kernel,
+                    otherwise=functools.partial(xla_conv, **static))
 
 
 def _direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
@@ -86,26 +94,53 @@ def _direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
     return y.reshape(y.shape[:3] + (out,)).astype(x.dtype)
 
 
+def _kernel_grad_block(stride: int, out_width: int) -> int:
+    """Output columns per block: measured best on ResNeXt-50's layers (README "Speed")."""
+    return 4 if stride == 1 and out_width >= 14 else 2
+
+
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], stride: int,
                 padding: Padding, groups: int) -> jax.Array:
     """d(loss)/d(kernel) from the input ``x`` and output cotangent ``dy``, float32.
 
-    Both are transposed once to channel-major ``(groups, width, n, h, w)``, so that every
-    tap is a strided slice and one batched contraction over pixels, with no per-tap
-    transposes (measured faster than contracting NHWC slices, README "Speed").
+    Per group it is a contraction over all N*H*W pixels into a tiny (taps x width x out)
+    result, and a dot reads no strided view, so every tap would need a shifted copy of the
+    input. Instead the output columns are cut into blocks of ``b`` and each input row into
+    the overlapping windows those blocks read (``span`` columns): one contraction per kernel
+    row then gives, for every (window column, output column) pair, the product summed over
+    N, H and the blocks, and tap ``dw`` is the diagonal ``window column = column * stride
+    + dw``. That copies the input ``kh * span / (b * stride)`` times instead of ``kh * kw``
+    times, for ``span / kw`` times the multiplications, which are cheap here.
     """
     kh, kw, width, out = kernel_shape
     n, ho, wo, _ = dy.shape
-    xt = x.transpose(3, 0, 1, 2).reshape(groups, width, n, *x.shape[1:3])
-    xt = lax.pad(xt, jnp.zeros((), x.dtype), ((0, 0, 0),) * 3 + tuple(
-        (lo, hi, 0) for lo, hi in padding))
-    dyt = dy.transpose(3, 0, 1, 2).reshape(groups, out // groups, n, ho, wo)
-    taps = [jnp.einsum("ginhw,gonhw->igo",
-                       xt[..., dh:dh + (ho - 1) * stride + 1:stride,
-                          dw:dw + (wo - 1) * stride + 1:stride], dyt,
-                       preferred_element_type=jnp.float32)
-            for dh in range(kh) for dw in range(kw)]
-    return jnp.stack(taps).reshape(kernel_shape)
+    per_group = out // groups
+    b = min(_kernel_grad_block(stride, wo), wo)
+    blocks = -(-wo // b)
+    span = (b - 1) * stride + kw
+    (top, bottom), (left, right) = padding
+    right += max(0, (blocks * b - 1) * stride + kw - (x.shape[2] + left + right))
+
+    def channel_major_x(x):  # (groups, n, h, w, width), padded
+        xg = x.reshape(x.shape[:3] + (groups, width)).transpose(3, 0, 1, 2, 4)
+        return jnp.pad(xg, ((0, 0), (0, 0), (top, bottom), (left, right), (0, 0)))
+
+    def blocked_dy(dy):  # (groups, n, ho, blocks, b, per_group), zero columns past wo
+        d = dy.reshape(n, ho, wo, groups, per_group).transpose(3, 0, 1, 2, 4)
+        d = jnp.pad(d, ((0, 0), (0, 0), (0, 0), (0, blocks * b - wo), (0, 0)))
+        return d.reshape(groups, n, ho, blocks, b, per_group)
+
+    xg, dyb = _unfused(channel_major_x, x), _unfused(blocked_dy, dy)
+    column = jnp.arange(b)
+    taps = []
+    for dh in range(kh):
+        rows = xg[:, :, dh:dh + (ho - 1) * stride + 1:stride]
+        windows = jnp.stack([rows[:, :, :, u:u + (blocks - 1) * b * stride + 1:b * stride]
+                             for u in range(span)], axis=4)  # (g, n, ho, blocks, span, i)
+        pairs = jnp.einsum("gnhjui,gnhjvo->guivo", windows, dyb,
+                           preferred_element_type=jnp.float32)
+        taps += [pairs[:, column * stride + dw, :, column].sum(0) for dw in range(kw)]
+    return jnp.stack(taps).transpose(0, 2, 1, 3).reshape(kernel_shape)
 
 
 def _transposed_kernel(kernel: jax.Array, groups: int) -> jax.Array:
