@@ -2,14 +2,15 @@
 
 XLA:CPU lowers a grouped convolution to slow paths: its forward is 5-10x slower than
 PyTorch for narrow groups, and its kernel gradient (a ``batch_group_count`` convolution)
-is 70-180x slower than the same sums written as per-tap contractions
+is 70-400x slower than the same sums written as batched contractions
 (jax-ml/jax#13800; numbers in the README's "Speed" section). Here:
 
 - ``direct_conv``: the forward pass as ``kh * kw * in_width`` broadcast multiply-adds over
   the output, which XLA fuses into one vectorised loop, behind a conditional so that it is
   computed once. Fast for narrow groups (in-width <= 8), hopeless for wide ones (the fusion
   grows with ``kh * kw * in_width``).
-- ``kernel_grad``: the kernel gradient as one batched contraction per tap.
+- ``kernel_grad``: the kernel gradient as batched contractions, one per kernel row, over
+  blocks of output columns.
 - ``input_grad``: the input gradient as stride-1 convolutions of the output gradient, one
   per stride phase (XLA's own transposed grouped convolution is 2-5x slower than its forward).
 - ``grouped_conv``: a ``jax.custom_vjp`` that uses the direct form (or XLA's own grouped
