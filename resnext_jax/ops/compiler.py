@@ -11,7 +11,8 @@ to YNNPACK, and inference, whose only reduction is the final pooling (where that
 swallowed the last two blocks: 102 ms of a 1.1 s batch), hands it nothing. Measured on the
 project's 2-core CPU, ResNeXt-50 32x4d, fp32, batch 16, huge pages on (below), each pair
 side by side: training step 3.95-4.22 vs 3.54-3.82 img/s with XLA's defaults, inference
-16.8 vs 12.9-14.5 img/s (README "Speed").
+16.8 vs 12.9-14.5 img/s; in full benchmark runs the differences were within their noise
+(README "Speed").
 
 The other CPU cost no option reaches: XLA allocates a step's temporaries afresh on every
 call, and with 4 KiB pages the kernel faults in each one (about a million page faults and a

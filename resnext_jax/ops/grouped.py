@@ -2,7 +2,7 @@
 
 XLA:CPU lowers a grouped convolution to slow paths: its forward is 5-10x slower than
 PyTorch for narrow groups, and its kernel gradient (a ``batch_group_count`` convolution)
-is 70-400x slower than the same sums written as batched contractions
+is 90-320x slower than the same sums written as batched contractions
 (jax-ml/jax#13800; numbers in the README's "Speed" section). Here:
 
 - ``direct_conv``: the forward pass as ``kh * kw * in_width`` broadcast multiply-adds over
