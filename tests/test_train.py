@@ -196,7 +196,7 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
 def test_metric_lines_append_locally_and_on_object_stores(tmp_path):
     import tensorflow as tf
 
-    from resnext_jax.train.metrics import append_line
+    from resnext_jax.train.files import append_line
 
     for path in (str(tmp_path / "m.jsonl"), "ram://resnext_test/m.jsonl"):  # ram:// = remote
         append_line(path, '{"step": 1}')

@@ -17,6 +17,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from resnext_jax.train.files import is_remote
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written; earlier checkpoints are intact."""
@@ -29,7 +31,7 @@ class ConfigMismatchError(ValueError):
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, best_metric: str | None = None,
                  best_mode: str = "max", async_save: bool = True) -> None:
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.directory = directory if is_remote(directory) else os.path.abspath(directory)
         policies: list[pp.PreservationPolicy] = [pp.LatestN(keep)]
         if best_metric:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric],
@@ -111,7 +113,7 @@ class Checkpointer:
                         self.directory, type(error).__name__, str(error)[:300],
                         f"falling back to step {max(older)}" if older else "no older one")
         # Object stores cannot rename a directory: there the step stays, newer saves pass it.
-        if jax.process_index() == 0 and "://" not in self.directory:
+        if jax.process_index() == 0 and not is_remote(self.directory):
             path = os.path.join(self.directory, str(step))
             os.replace(path, os.path.join(self.directory, f"corrupt_{step}"))
         if jax.process_count() > 1:

@@ -1,7 +1,4 @@
-"""Metrics to TensorBoard (clu) and a JSON-lines file, written by process 0 only.
-
-Workdirs may be local or remote (``gs://...``): files go through ``tf.io.gfile``.
-"""
+"""Metrics to TensorBoard (clu) and a JSON-lines file, written by process 0 only."""
 
 from __future__ import annotations
 
@@ -10,32 +7,9 @@ import os
 from typing import Any
 
 import jax
-import tensorflow as tf
 from clu import metric_writers
 
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def write_text(path: str, text: str) -> None:
-    """Write then rename, so that a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.remove(tmp)
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def append_line(path: str, line: str) -> None:
-    """Append one line; object stores cannot append, so there the file is rewritten."""
-    if not is_remote(path):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-        return
-    old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
-    write_text(path, old + line + "\n")
+from resnext_jax.train.files import append_line
 
 
 class MetricWriter:

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from resnext_jax import data
 from resnext_jax.ops import compiler_options
 from resnext_jax.train.checkpoint import Checkpointer
-from resnext_jax.train.metrics import MetricWriter, append_line, is_remote, write_text
+from resnext_jax.train.files import append_line, is_remote, write_text
+from resnext_jax.train.metrics import MetricWriter
 from resnext_jax.train.optim import create_optimizer, create_schedule
 from resnext_jax.train.steps import TrainState, create_state, make_eval_step, make_train_step
 from resnext_jax.weights import save_weights
