@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import make_steps, median_seconds, model_gflops, table, time_model  # noqa: E402
+from common import jit, make_steps, median_seconds, model_gflops, table, time_model  # noqa: E402
 
 import resnext_jax as rx  # noqa: E402
 from resnext_jax import ops  # noqa: E402
@@ -57,12 +57,9 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
                           lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
-    def jit(fn, train=True):
-        return jax.jit(fn, compiler_options=rx.compiler_options(train=train))
-
     fns = {"fwd": jit(lambda x, k, dy: conv(x, k), train=False),
-           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
-           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
+           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0], train=True),
+           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0], train=True)}
     out = {}
     for what, fn in fns.items():
         jax.block_until_ready(fn(x, k, dy))

@@ -39,16 +39,19 @@ def build(name: str, lowering: str, dtype: Any, batch: int, image_size: int = 22
     return model, variables, images, labels
 
 
+def jit(fn: Callable, *, train: bool, options: dict | None = None):
+    """``jax.jit`` with XLA ``options`` (default: ``rx.compiler_options(train=train)``)."""
+    return jax.jit(fn, compiler_options=rx.compiler_options(train=train)
+                   if options is None else options)
+
+
 def make_steps(model, tx: optax.GradientTransformation, options: dict | None = None):
     """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned).
 
     ``options``: XLA compiler options for both (default: ``rx.compiler_options(train=...)``).
     """
-    def jit(fn, train):
-        return jax.jit(fn, compiler_options=rx.compiler_options(train=train)
-                       if options is None else options)
 
-    @functools.partial(jit, train=False)
+    @functools.partial(jit, train=False, options=options)
     def infer(variables, images):
         return model.apply(variables, images, train=False)
 
@@ -59,7 +62,7 @@ def make_steps(model, tx: optax.GradientTransformation, options: dict | None = N
             logits.astype(jnp.float32), labels).mean()
         return loss, updates["batch_stats"]
 
-    @functools.partial(jit, train=True)
+    @functools.partial(jit, train=True, options=options)
     def train(params, batch_stats, opt_state, images, labels):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, images, labels)
