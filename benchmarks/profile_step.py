@@ -1,0 +1,85 @@
+"""Where a training step's time goes on the CPU: the figures behind README "Speed".
+
+    PYTHONPATH=. python benchmarks/profile_step.py --model resnext50_32x4d --batch 16
+
+Prints the step time, the page faults and system time per step (run it with and without
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1), and the JAX profiler's time per kind of XLA
+operation (fusions by their name without the numeric suffix, e.g. ``copy_bitcast_fusion``),
+with the share of the step spent in computations that hold the direct grouped form's
+multiply-adds (fusions with at least ``--heavy`` multiplies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+
+import jax
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import build, make_steps  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnext50_32x4d")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lowering", default="fast")
+    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--heavy", type=int, default=30)
+    args = parser.parse_args()
+
+    model, variables, images, labels = build(args.model, args.lowering, jax.numpy.float32,
+                                             args.batch)
+    tx = optax.sgd(0.1, momentum=0.9)
+    _, train = make_steps(model, tx)
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    state = jax.block_until_ready(train(*state, images, labels))[:3]  # compile + warm-up
+
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    state = jax.block_until_ready(train(*state, images, labels))[:3]
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    print(f"{args.model}, {args.lowering}, batch {args.batch}: step {seconds:.2f} s; "
+          f"{after.ru_minflt - before.ru_minflt:,} page faults, "
+          f"{after.ru_stime - before.ru_stime:.2f} s system / "
+          f"{after.ru_utime - before.ru_utime:.2f} s user CPU time; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            jax.block_until_ready(train(*state, images, labels))
+        trace, = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+        events = json.load(gzip.open(trace))["traceEvents"]
+    hlo = train.lower(*state, images, labels).compile().as_text()
+    bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
+    calls = dict(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?calls=(%[\w.\-]+)", hlo, re.M))
+    by_kind, heavy = collections.Counter(), 0.0
+    for e in events:
+        name = e.get("name", "")
+        # Fusions and library calls; a conditional's event only wraps its branch's fusions.
+        if e.get("ph") != "X" or name not in calls and not name.startswith(("dot", "conv")):
+            continue
+        by_kind[re.sub(r"(\.\d+)?(\.clone)?$", "", name)] += e["dur"] / 1e6
+        if bodies.get(calls.get(name), "").count(" multiply(") >= args.heavy:
+            heavy += e["dur"] / 1e6
+    total = sum(by_kind.values())
+    print(f"\nprofiled ops: {total:.2f} s over both threads (library matmuls that run on "
+          f"their own thread pool show only their dispatch); direct-form computations "
+          f"(>= {args.heavy} multiplies): {heavy:.2f} s ({heavy / total:.0%})")
+    for kind, secs in by_kind.most_common(args.top):
+        print(f"{secs * 1e3:9.1f} ms {secs / total:6.1%}  {kind}")
+
+
+if __name__ == "__main__":
+    main()
