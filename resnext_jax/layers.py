@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from resnext_jax import ops
 
@@ -53,6 +54,7 @@ class Conv(nn.Module):
     padding: int | None = None  # None: PyTorch's padding for this kernel and stride
     use_bias: bool = False
     lowering: str = "auto"  # see resnext_jax.ops.resolve
+    data_axis: ops.AxisName | None = None  # mesh axis splitting the batch, see ops.sharding
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = conv_kernel_init
@@ -72,7 +74,7 @@ class Conv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = torch_padding(k, self.strides) if self.padding is None else self.padding
         y = ops.conv2d(x, kernel, stride=self.strides, padding=((pad, pad), (pad, pad)),
-                       groups=groups, lowering=self.lowering)
+                       groups=groups, lowering=self.lowering, data_axis=self.data_axis)
         return y if bias is None else y + bias
 
 
@@ -99,18 +101,44 @@ class SqueezeExcite(nn.Module):
         return x * gate.astype(x.dtype)
 
 
+def row_masks(key: jax.Array, keep: float, shape: tuple[int, ...],
+              data_axis: ops.AxisName | None) -> jax.Array:
+    """Bernoulli(``keep``) masks of ``shape``, row ``i`` of the global batch drawn from
+    ``fold_in(key, i)``: the same masks whether the batch is on one device or split over
+    ``data_axis`` inside a ``shard_map`` (where each device holds ``shape[0]`` rows)."""
+    first = lax.axis_index(data_axis) * shape[0] if ops.manual(data_axis) else 0
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, first + jnp.arange(shape[0]))
+    return jax.vmap(lambda k: jax.random.bernoulli(k, keep, shape[1:]))(keys)
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (timm's ``DropPath``, rescaled by the keep rate)."""
 
     rate: float = 0.0
+    data_axis: ops.AxisName | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
-                                    (x.shape[0],) + (1,) * (x.ndim - 1))
+        mask = row_masks(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1),
+                         self.data_axis)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` with :func:`row_masks`, so masks do not depend on the device layout."""
+
+    rate: float = 0.0
+    data_axis: ops.AxisName | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = row_masks(self.make_rng("dropout"), keep, x.shape, self.data_axis)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -22,6 +22,7 @@ from resnext_jax.layers import (
     Conv,
     Downsample,
     DropPath,
+    Dropout,
     ModuleDef,
     SqueezeExcite,
     Stem,
@@ -42,6 +43,7 @@ class BasicBlock(nn.Module):
     zero_init_last: bool
     conv: ModuleDef
     norm: ModuleDef
+    data_axis: ops.AxisName | None = None  # for drop-path masks, see layers.row_masks
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -67,6 +69,7 @@ class Bottleneck(nn.Module):
     zero_init_last: bool
     conv: ModuleDef
     norm: ModuleDef
+    data_axis: ops.AxisName | None = None  # for drop-path masks, see layers.row_masks
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -90,7 +93,7 @@ def _residual(block: nn.Module, x: jax.Array, y: jax.Array, features: int,
     """SE, drop path, shortcut and the final ReLU, shared by both block types."""
     if block.se is not None:
         y = block.se(name="se")(y)
-    y = DropPath(block.drop_path, name="drop_path")(y, deterministic=not train)
+    y = DropPath(block.drop_path, block.data_axis, name="drop_path")(y, deterministic=not train)
     if block.downsample is not None:
         x = Downsample(block.downsample, features, block.strides, block.conv, block.norm,
                        name="downsample")(x, train)
@@ -124,15 +127,22 @@ class ResNet(nn.Module):
     features_only: bool = False
     remat: bool = False
     lowering: str = "auto"  # see resnext_jax.ops.resolve
+    # The mesh axis (or axes) that splits the batch: grouped convs then run per device,
+    # BatchNorm inside a shard_map averages its statistics over it (resnext_jax.ops.sharding).
+    data_axis: ops.AxisName | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def setup(self) -> None:
         self._check_options()
-        conv = functools.partial(Conv, lowering=self.lowering, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-        norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv = functools.partial(Conv, lowering=self.lowering, data_axis=self.data_axis,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
+        # Inside a shard_map over data_axis each device holds a slice of the batch; in a
+        # jit over the global batch XLA reduces across devices by itself.
+        norm = functools.partial(
+            nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            axis_name=self.data_axis if ops.manual(self.data_axis) else None)
         max_pool = functools.partial(ops.max_pool, lowering=self.lowering)
         se = (functools.partial(SqueezeExcite, rule=self.se, dtype=self.dtype,
                                 param_dtype=self.param_dtype) if self.se else None)
@@ -151,7 +161,7 @@ class ResNet(nn.Module):
                     strides=strides, downsample=self._downsample_kind(strides, in_features, out),
                     se=se, drop_path=self.drop_path_rate * index / max(total - 1, 1),
                     zero_init_last=self.zero_init_last, conv=conv, norm=norm,
-                    name=f"layer{stage + 1}_{i}")
+                    data_axis=self.data_axis, name=f"layer{stage + 1}_{i}")
                 if self.block == "basic":
                     blocks.append(block_cls(features=out, **kwargs))
                 else:
@@ -162,7 +172,7 @@ class ResNet(nn.Module):
                 in_features, index = out, index + 1
             setattr(self, f"stage{stage + 1}", blocks)
         if self.num_classes > 0 and not self.features_only:
-            self.head_drop = nn.Dropout(self.drop_rate)
+            self.head_drop = Dropout(self.drop_rate, self.data_axis)
             self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _downsample_kind(self, strides: int, in_features: int, out: int) -> str | None:

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
 
 from resnext_jax import create_model
 from resnext_jax.train import default_config
@@ -91,9 +90,8 @@ class _Linear(nn.Module):
         return nn.Dense(4)(x.reshape(x.shape[0], -1))
 
 
-def _spec(ndim):
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    return NamedSharding(mesh, PartitionSpec(None, "data", *(None,) * (ndim - 2)))
+def _mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
 @pytest.mark.parametrize("accum", [2, 4])
@@ -107,7 +105,7 @@ def test_gradient_accumulation_equals_the_full_batch(accum):
         state = create_state(model, tx, jax.random.key(0), (3, 3, 1), ema=False)
         step = make_train_step(model, tx, optax.constant_schedule(0.1), num_classes=4,
                                label_smoothing=0.0, ema_decay=0.0, accum_steps=k, seed=0,
-                               batch_spec=_spec)
+                               mesh=_mesh())
         new, m = jax.jit(step)(state, batch)
         states.append(new)
         metrics.append(m)
@@ -125,7 +123,7 @@ def test_train_step_updates_ema_and_reports_metrics():
         jax.random.key(0))
     step = jax.jit(make_train_step(model, tx, optax.constant_schedule(0.05), num_classes=5,
                                    label_smoothing=0.1, ema_decay=0.9, accum_steps=1, seed=0,
-                                   batch_spec=_spec))
+                                   mesh=_mesh()))
     batch = {"image": jax.random.normal(jax.random.key(2), (4, 32, 32, 3)),
              "label": jnp.array([0, 1, 2, 3])}
     new, m = step(state, batch)
@@ -143,7 +141,7 @@ def test_eval_step_ignores_padding():
     model, _ = _tiny()
     state = jax.jit(lambda r: create_state(model, optax.sgd(0.1), r, (32, 32, 3), ema=False))(
         jax.random.key(0))
-    step = jax.jit(make_eval_step(model, num_classes=5, use_ema=False))
+    step = jax.jit(make_eval_step(model, num_classes=5, use_ema=False, mesh=_mesh()))
     images = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
     labels = jnp.array([0, 1, 2, 3])
     full = step(state, {"image": images[:2], "label": labels[:2], "mask": jnp.ones(2)})

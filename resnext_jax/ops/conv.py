@@ -17,10 +17,13 @@ Lowerings (same parameters, same numbers up to floating-point rounding):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from resnext_jax.ops.grouped import Padding, grouped_conv, use_direct, xla_conv
+from resnext_jax.ops.sharding import AxisName, per_device_conv
 
 LOWERINGS = ("xla", "einsum_grad", "fast", "auto")
 
@@ -54,15 +57,26 @@ def _conv_1x1(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) ->
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
            padding: Padding = ((0, 0), (0, 0)), groups: int = 1,
-           lowering: str = "auto") -> jax.Array:
-    """Convolve NHWC ``x`` with an HWIO ``kernel`` split into ``groups`` groups."""
+           lowering: str = "auto", data_axis: AxisName | None = None) -> jax.Array:
+    """Convolve NHWC ``x`` with an HWIO ``kernel`` split into ``groups`` groups.
+
+    ``data_axis``: the mesh axis that splits the batch; a grouped convolution then runs on
+    each device's own rows (:mod:`resnext_jax.ops.sharding`).
+    """
     lowering = resolve(lowering)
     padding = tuple(tuple(p) for p in padding)
-    if lowering == "xla":
-        return xla_conv(x, kernel, stride, padding, groups)
     if groups > 1:
-        direct = lowering == "fast" and use_direct(kernel.shape, groups)
-        return grouped_conv(x, kernel, stride, padding, groups, direct)
+        return per_device_conv(functools.partial(_grouped, stride=stride, padding=padding,
+                                                 groups=groups, lowering=lowering),
+                               x, kernel, data_axis)
     if lowering == "fast" and kernel.shape[:2] == (1, 1):
         return _conv_1x1(x, kernel, stride, padding)
     return xla_conv(x, kernel, stride, padding, groups)
+
+
+def _grouped(x: jax.Array, kernel: jax.Array, *, stride: int, padding: Padding, groups: int,
+             lowering: str) -> jax.Array:
+    if lowering == "xla":
+        return xla_conv(x, kernel, stride, padding, groups)
+    direct = lowering == "fast" and use_direct(kernel.shape, groups)
+    return grouped_conv(x, kernel, stride, padding, groups, direct)

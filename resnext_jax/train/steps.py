@@ -10,6 +10,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec
+
+DATA_AXIS = "data"  # the mesh axis that splits every batch
 
 
 @flax.struct.dataclass
@@ -40,12 +43,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def _split_batch(model: nn.Module) -> nn.Module:
+    """``model`` told that ``DATA_AXIS`` splits its batch (``ResNet.data_axis``); modules
+    without the field (no BatchNorm, no grouped convolutions) as they are."""
+    return model.clone(data_axis=DATA_AXIS) if hasattr(model, "data_axis") else model
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, num_classes: int, label_smoothing: float,
                     ema_decay: float, accum_steps: int, seed: int,
-                    batch_spec: Any) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """One optimizer step on a global batch, in ``accum_steps`` sequential micro-batches
-    (gradients averaged; BatchNorm statistics updated after each micro-batch)."""
+                    mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """One optimizer step on a global batch split over ``mesh``'s ``data`` axis.
+
+    Each device computes the loss and gradient of its own rows (a ``shard_map``), so
+    grouped convolutions never see the global batch (XLA's partitioner would gather it for
+    them, openxla/xla#47945) and BatchNorm averages its statistics over the axis. With
+    ``accum_steps`` > 1 the rows are taken in sequential micro-batches whose gradients add
+    up on the device; the gradient is averaged over devices once per step.
+    """
+    model = _split_batch(model)
 
     def loss_fn(params, batch_stats, images, labels, rng):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -57,34 +73,40 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        images, labels = batch["image"], batch["label"]
+    def per_device(params, batch_stats, images, labels, rng):
+        # Device-varying parameters: their gradients stay this device's own until the pmean.
+        params = jax.lax.pcast(params, DATA_AXIS, to="varying")
         if accum_steps == 1:
-            (loss, (batch_stats, acc)), grads = grad_fn(state.params, state.batch_stats,
-                                                        images, labels, rng)
+            (loss, (batch_stats, acc)), grads = grad_fn(params, batch_stats, images, labels,
+                                                        rng)
         else:
-            # Micro-batch j takes rows j, j+k, j+2k, ... so each one stays spread evenly
-            # over the devices' contiguous slices of the batch.
+            # Micro-batch j takes local rows j, j+k, j+2k, ...: the global rows j, j+k, ...
+            # (each device's slice starts at a multiple of k), as on one device.
             def split(x):
-                x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
-                return jax.lax.with_sharding_constraint(x, batch_spec(x.ndim))
+                return x.reshape(x.shape[0] // accum_steps, accum_steps,
+                                 *x.shape[1:]).swapaxes(0, 1)
 
             def micro(carry, xs):
-                grads, batch_stats, loss, acc = carry
-                images, labels, rng = xs
-                (micro_loss, (batch_stats, a)), g = grad_fn(state.params, batch_stats, images,
-                                                            labels, rng)
-                grads = jax.tree_util.tree_map(jnp.add, grads, g)
-                return (grads, batch_stats, loss + micro_loss, acc + a), None
+                grads, batch_stats = carry
+                (loss, (batch_stats, acc)), g = grad_fn(params, batch_stats, *xs)
+                return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats), (loss, acc)
 
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
             rngs = jax.random.split(rng, accum_steps)
-            init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
-            (grads, batch_stats, loss, acc), _ = jax.lax.scan(
-                micro, init, (split(images), split(labels), rngs))
-            grads, loss, acc = jax.tree_util.tree_map(lambda g: g / accum_steps,
-                                                      (grads, loss, acc))
+            (grads, batch_stats), (loss, acc) = jax.lax.scan(
+                micro, (zeros, batch_stats), (split(images), split(labels), rngs))
+            grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
+            loss, acc = loss.mean(), acc.mean()
+        return jax.lax.pmean((grads, loss, acc), DATA_AXIS) + (batch_stats,)
+
+    batch, replicated = PartitionSpec(DATA_AXIS), PartitionSpec()
+    per_device = jax.shard_map(per_device, mesh=mesh, out_specs=replicated,
+                               in_specs=(replicated, replicated, batch, batch, replicated))
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        grads, loss, acc, batch_stats = per_device(state.params, state.batch_stats,
+                                                   batch["image"], batch["label"], rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -102,20 +124,29 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return step
 
 
-def make_eval_step(model: nn.Module, *, num_classes: int,
-                   use_ema: bool) -> Callable[[TrainState, dict], dict]:
-    """Sums over the (padded) global batch; ``mask`` 0 rows count for nothing."""
+def make_eval_step(model: nn.Module, *, num_classes: int, use_ema: bool,
+                   mesh: Mesh) -> Callable[[TrainState, dict], dict]:
+    """Sums over the (padded) global batch; ``mask`` 0 rows count for nothing. Each device
+    evaluates its own rows (see :func:`make_train_step`) and the sums are added up."""
+    model = _split_batch(model)
 
-    def step(state: TrainState, batch: dict) -> dict:
-        params = state.ema_params if use_ema else state.params
-        logits = model.apply({"params": params, "batch_stats": state.batch_stats},
-                             batch["image"], train=False).astype(jnp.float32)
-        labels, mask = batch["label"], batch["mask"]
+    def per_device(variables, images, labels, mask):
+        logits = model.apply(variables, images, train=False).astype(jnp.float32)
         loss = cross_entropy(logits, labels, num_classes, 0.0)
         top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-        return {"loss": jnp.sum(loss * mask),
+        sums = {"loss": jnp.sum(loss * mask),
                 "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
                 "top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
                 "count": jnp.sum(mask)}
+        return jax.lax.psum(sums, DATA_AXIS)
+
+    batch = PartitionSpec(DATA_AXIS)
+    per_device = jax.shard_map(per_device, mesh=mesh, out_specs=PartitionSpec(),
+                               in_specs=(PartitionSpec(), batch, batch, batch))
+
+    def step(state: TrainState, batch: dict) -> dict:
+        params = state.ema_params if use_ema else state.params
+        return per_device({"params": params, "batch_stats": state.batch_stats},
+                          batch["image"], batch["label"], batch["mask"])
 
     return step

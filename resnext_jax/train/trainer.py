@@ -33,7 +33,13 @@ from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.files import append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
 from resnext_jax.train.optim import create_optimizer, create_schedule
-from resnext_jax.train.steps import TrainState, create_state, make_eval_step, make_train_step
+from resnext_jax.train.steps import (
+    DATA_AXIS,
+    TrainState,
+    create_state,
+    make_eval_step,
+    make_train_step,
+)
 from resnext_jax.weights import save_weights
 from resnext_jax.zoo import create_model, get_entry
 
@@ -47,11 +53,12 @@ class Run:
 
     def __init__(self, config: ConfigDict, workdir: str, *, train: bool) -> None:
         self.config, self.workdir = config, workdir
-        self.mesh = Mesh(np.array(jax.devices()), ("data",))
-        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        for key in ("batch_size", "eval_batch_size"):
-            _check_divisible(key, config[key], jax.device_count())
+        _check_divisible("batch_size", config.batch_size, jax.device_count(),
+                         config.grad_accum_steps)
+        _check_divisible("eval_batch_size", config.eval_batch_size, jax.device_count())
         d, n = config.data, jax.process_count()
         if d.name == "synthetic":
             self.num_classes = get_entry(config.model.name).kwargs.get("num_classes", 1000)
@@ -85,13 +92,13 @@ class Run:
             make_train_step(self.model, tx, self.schedule, num_classes=self.num_classes,
                             label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
                             accum_steps=config.grad_accum_steps, seed=config.seed,
-                            batch_spec=self._micro_spec),
+                            mesh=self.mesh),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
             compiler_options=compiler_options(train=True))
         self.eval_step = jax.jit(
             make_eval_step(self.model, num_classes=self.num_classes,
-                           use_ema=config.ema_decay > 0),
+                           use_ema=config.ema_decay > 0, mesh=self.mesh),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=self.replicated, compiler_options=compiler_options(train=False))
         self.checkpointer = Checkpointer(
@@ -117,9 +124,6 @@ class Run:
             num_shards=d.num_shards or n, process_index=p, process_count=n, seed=config.seed,
             shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch) \
             if train else None
-
-    def _micro_spec(self, ndim: int) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(None, "data", *(None,) * (ndim - 2)))
 
     def _model(self) -> tuple[Any, dict | None]:
         m = self.config.model
@@ -159,11 +163,15 @@ class Run:
         return {f"eval/{k}": v / count for k, v in totals.items()}
 
 
-def _check_divisible(key: str, batch: int, devices: int) -> None:
-    if batch % devices:
+def _check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1) -> None:
+    """Every device gets the same rows, in ``micro_batches`` equal parts."""
+    unit = devices * micro_batches
+    if batch % unit:
+        parts = f"the {devices} devices" + (f" x {micro_batches} grad_accum_steps"
+                                            if micro_batches > 1 else "")
         raise ValueError(
-            f"{key}={batch} is not divisible by the {devices} devices; use a multiple of "
-            f"{devices}, e.g. --config.{key}={max(devices, batch // devices * devices)}")
+            f"{key}={batch} is not divisible by {parts}; use a multiple of {unit}, "
+            f"e.g. --config.{key}={max(unit, batch // unit * unit)}")
 
 
 class _Preemption:
