@@ -36,7 +36,6 @@ def _worker(args: argparse.Namespace) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     import resnext_jax as rx
