@@ -117,10 +117,9 @@ def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dict[str, Any]]:
-    """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode."""
-    import jax
-
-    from resnext_jax.ops import compiler_options
+    """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode, with the
+    batch split over this process's devices (a multiple of ``.devices`` rows)."""
+    from resnext_jax.parallel import parallel_apply
 
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}; choose one of {LAYERS}")
@@ -142,8 +141,7 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
             out.setdefault("features", out["logits"])
         return out
 
-    return jax.jit(lambda variables, images: model.apply(variables, images, method=outputs),
-                   compiler_options=compiler_options(train=False))
+    return parallel_apply(model, method=outputs)
 
 
 def _batches(files: Sequence[Path], pre: Preprocess, batch_size: int, workers: int,
@@ -237,6 +235,7 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: P
     done = store.done()
     todo = [f for f in files if str(f) not in done]
     forward = make_forward(model, layer, with_logits=k > 0)
+    batch_size = -(-batch_size // forward.devices) * forward.devices  # rows split evenly
     skipped: dict[str, str] = {}
     pending: dict[str, list[np.ndarray]] = {}
     pending_files: list[str] = []

@@ -8,7 +8,6 @@ from separate functions that the tests check.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import warnings
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnext_jax.ops import compiler_options
+from resnext_jax.parallel import parallel_apply
 
 # --------------------------------------------------------------------------------------------
 # SE excitations
@@ -112,15 +111,20 @@ def se_excitations(model: Any, variables: Mapping[str, Any],
         raise ValueError("the model has no SE blocks (se=None), so it sows no 'gate'; use an "
                          "SE model such as seresnext50_32x4d")
 
-    @functools.partial(jax.jit, compiler_options=compiler_options(train=False))
+    forward = parallel_apply(model, train=False, mutable=["intermediates"])
+
     def gates_of(variables, images):
-        _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+        _, state = forward(variables, images)
         return _gate_paths(state.get("intermediates", {}))
 
     moments: dict[str, _GateMoments] = {}
     counts = np.zeros(num_classes, np.int64)
     for images, labels in batches:
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
+        pad = -len(labels) % forward.devices  # rows split evenly; label -1 is ignored
+        images = np.concatenate([images, np.zeros((pad, *np.shape(images)[1:]),
+                                                  np.asarray(images).dtype)])
+        labels = np.concatenate([labels, np.full(pad, -1)])
         if labels.max(initial=-1) >= num_classes:
             raise ValueError(f"label {labels.max()} out of range for num_classes={num_classes}")
         keep = labels >= 0

@@ -105,6 +105,15 @@ def backbone_case(name: str, data_axis: str | None) -> dict:
             "grad_err": grad_err, "warnings": [str(w.message) for w in caught]}
 
 
+def parallel_apply_case(name: str) -> dict:
+    """``rx.parallel_apply`` (what extract and viz run) over the 8 devices."""
+    variables, images = _variables(name), np.asarray(_batch(MESHES[8])["image"])
+    forward = rx.parallel_apply(rx.create_model(name))
+    ref = jax.jit(rx.create_model(name).apply)(variables, images)
+    return {"forward": hlo.per_device(forward.lower(variables, images).compile()),
+            "logits_err": float(np.max(np.abs(np.asarray(forward(variables, images)) - ref)))}
+
+
 def main() -> None:
     cases = {  # (model, lowering, grad_accum_steps, compute dtype, drop_path_rate)
         "resnext_fast": ("tiny_resnext", "fast", 1, "float32", 0.0),
@@ -116,6 +125,7 @@ def main() -> None:
               if not only or key in only.split(",")}
     result["backbone"] = backbone_case("tiny_seresnext", "data")
     result["backbone_without_data_axis"] = backbone_case("tiny_seresnext", None)
+    result["parallel_apply"] = parallel_apply_case("tiny_resnext")
     print("RESULT " + json.dumps(result))
 
 

@@ -77,3 +77,10 @@ def test_without_data_axis_xla_gathers_the_batch_and_says_so(checks):
     assert plain["forward"]["all-gather_count"] > 0 and plain["grad"]["all-gather_count"] > 0
     assert plain["forward"]["flops"] > 1.2 * fixed["forward"]["flops"]
     assert any("data_axis" in w and "openxla/xla#47945" in w for w in plain["warnings"])
+
+
+def test_parallel_apply_runs_each_devices_rows(checks):
+    """What ``extract`` and ``viz`` run on several devices."""
+    _no_gathers(checks["parallel_apply"]["forward"], "parallel_apply")
+    assert checks["parallel_apply"]["forward"]["all-reduce_count"] == 0
+    assert checks["parallel_apply"]["logits_err"] < 1e-5
