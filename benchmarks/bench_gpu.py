@@ -7,7 +7,9 @@ lowering, compile times, and the model FLOP utilisation (MFU): model FLOP/s (3x 
 count for training) over the GPU's measured dense bf16 matmul FLOP/s, and over its nominal
 dense bf16 peak where the device is known. Anchors (NVIDIA DeepLearningExamples, PyTorch AMP,
 one A100, training): ResNeXt101-32x4d 1,211 img/s, SE-ResNeXt101-32x4d 855 img/s.
-A time budget (``--budget-s``) skips what would not finish, and says so.
+A time budget (``--budget-s``) skips what would not finish, and says so. Last, the collectives
+of the trainer's compiled train step over all local GPUs (counts, and all-reduce bytes
+against the ideal of data parallelism; see benchmarks/bench_scaling.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_scaling import step_rows  # noqa: E402
 from common import median_seconds, model_gflops, table, time_model  # noqa: E402
 
 # Nominal dense bf16 tensor-core TFLOP/s (vendor data sheets, without sparsity).
@@ -97,7 +100,22 @@ def main():
                  "train MFU (nominal)", "train / NVIDIA A100 AMP anchor"], rows))
     if skipped:
         print(f"\nskipped (time budget {args.budget_s:.0f} s): {', '.join(skipped)}")
+    print_collectives(args.models.split(","), args.train_batch)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+def print_collectives(names: list[str], global_batch: int) -> None:
+    """What the trainer's compiled train step moves between this machine's GPUs: no
+    all-gather, and about one all-reduce of the gradients and BatchNorm statistics."""
+    devices = jax.device_count()
+    rows = step_rows(names, max(1, global_batch // devices), dtype="bfloat16")
+    print(f"\ncompiled train step on {devices} device(s), per device:")
+    print(table(["model", "global batch", "all-gather", "all-to-all", "all-reduce",
+                 "all-reduce MiB", "all-reduce / ideal"],
+                [[r["model"], r["global_batch"], int(r["all-gather_count"]),
+                  int(r["all-to-all_count"]), int(r["all-reduce_count"]),
+                  r["all-reduce_bytes"] / 2**20,
+                  r["all-reduce_bytes"] / r["ideal_all_reduce_bytes"]] for r in rows]))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ import sys
 GIB = 2**30
 
 
-def _worker(args: argparse.Namespace) -> None:
-    """Runs in a subprocess whose XLA_FLAGS set the device count; prints JSON lines."""
+def step_rows(names: list[str], per_device_batch: int, image_size: int = 224,
+              dtype: str = "float32", baseline: bool = False,
+              config_path: str | None = None) -> list[dict]:
+    """Per-device figures (``resnext_jax.hlo.per_device``) of the trainer's train step
+    compiled for a mesh of all of this process's devices, one row per model (and per
+    step kind with ``baseline``); ``config_path``: that config's model, dtype and batch."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -48,17 +52,17 @@ def _worker(args: argparse.Namespace) -> None:
     mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
-    config = _load_config(args.config) if args.config else default_config()
-    for name in args.models.split(","):
-        if args.config:
-            name, global_batch = config.model.name, config.batch_size
+    config = _load_config(config_path) if config_path else default_config()
+    rows = []
+    for name in ([config.model.name] if config_path else names):
+        if config_path:
+            global_batch, size = config.batch_size, config.data.image_size
+            dtype = config.model.dtype
         else:
-            config.model.name, global_batch = name, args.per_device_batch * devices
-        dtype = jnp.dtype(config.model.get("dtype", args.dtype))
-        model = rx.create_model(name, dtype=dtype)
+            global_batch, size = per_device_batch * devices, image_size
+        model = rx.create_model(name, dtype=jnp.dtype(dtype))
         schedule = create_schedule(config.optimizer, global_batch, 1000, 100_000)
         tx = create_optimizer(config.optimizer, schedule)
-        size = config.data.image_size if args.config else args.image_size
         state = jax.eval_shape(lambda m=model, t=tx, s=size: create_state(
             m, t, jax.random.key(0), (s, s, 3), ema=False))
         state = jax.tree_util.tree_map(
@@ -70,7 +74,7 @@ def _worker(args: argparse.Namespace) -> None:
         steps = {"data_axis": make_train_step(
             model, tx, schedule, num_classes=model.num_classes, label_smoothing=0.1,
             ema_decay=0.0, accum_steps=1, seed=0, mesh=mesh)}
-        if args.baseline:
+        if baseline:
             steps["plain jit"] = _plain_step(model, tx)
         param_bytes = sum(x.size * x.dtype.itemsize
                           for x in jax.tree_util.tree_leaves(state.params))
@@ -82,11 +86,11 @@ def _worker(args: argparse.Namespace) -> None:
                                donate_argnums=0,
                                compiler_options=rx.compiler_options(train=True)
                                ).lower(state, batch).compile()
-            row = {"model": name, "step": kind, "devices": devices,
-                   "global_batch": global_batch, "dtype": str(dtype),
-                   "param_bytes": param_bytes, "ideal_all_reduce_bytes":
-                       param_bytes + 2 * stat_bytes + 16, **hlo.per_device(compiled)}
-            print(json.dumps(row), flush=True)
+            rows.append({"model": name, "step": kind, "devices": devices,
+                         "global_batch": global_batch, "dtype": str(dtype),
+                         "param_bytes": param_bytes, "ideal_all_reduce_bytes":
+                             param_bytes + 2 * stat_bytes + 16, **hlo.per_device(compiled)})
+    return rows
 
 
 def _plain_step(model, tx):
@@ -149,8 +153,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        _worker(args)
+    if args.worker:  # in a subprocess whose XLA_FLAGS set the device count
+        for row in step_rows(args.models.split(","), args.per_device_batch, args.image_size,
+                             args.dtype, args.baseline, args.config):
+            print(json.dumps(row), flush=True)
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import table
