@@ -35,11 +35,12 @@ class ParallelApply:
                  **apply_kwargs: Any) -> None:
         devices = list(devices or jax.local_devices())
         self.devices, self.mesh = len(devices), Mesh(np.array(devices), (DATA_AXIS,))
-        rows = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        self._rows = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         split = model.clone(data_axis=DATA_AXIS)
         self._jitted = jax.jit(functools.partial(split.apply, **apply_kwargs),
-                               in_shardings=(self._replicated, rows), out_shardings=rows,
+                               in_shardings=(self._replicated, self._rows),
+                               out_shardings=self._rows,
                                compiler_options=compiler_options(train=False))
         self._placed: tuple[Any, Any] | None = None  # (the caller's variables, on the mesh)
 
@@ -53,7 +54,7 @@ class ParallelApply:
         if self._placed is None or self._placed[0] is not variables:
             self._placed = (variables, jax.device_put(variables, self._replicated))
         with jax.set_mesh(self.mesh):
-            return self._jitted(self._placed[1], images)
+            return self._jitted(self._placed[1], jax.device_put(images, self._rows))
 
     def lower(self, variables: Any, images: Any) -> jax.stages.Lowered:
         self._check(images)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import warnings
 
 import jax
@@ -114,6 +115,39 @@ def parallel_apply_case(name: str) -> dict:
             "logits_err": float(np.max(np.abs(np.asarray(forward(variables, images)) - ref)))}
 
 
+def explicit_mesh_case(name: str) -> dict:
+    """No ``data_axis``: under explicit sharding the input's type names the batch axis."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    variables, images = _variables(name), np.asarray(_batch(MESHES[8])["image"])
+    model = rx.create_model(name)
+    with jax.set_mesh(mesh):
+        sharded = jax.device_put(images, P("data"))
+        compiled = jax.jit(model.apply).lower(variables, sharded).compile()
+        logits = compiled(variables, sharded)
+    ref = jax.jit(model.apply)(variables, images)
+    return {"forward": hlo.per_device(compiled),
+            "logits_err": float(np.max(np.abs(np.asarray(logits) - np.asarray(ref))))}
+
+
+def readme_case() -> dict:
+    """The README's sharded-jit snippet, verbatim, with random weights of its model."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from readme_snippets import snippet
+
+    shapes = jax.eval_shape(rx.create_model("seresnext50_32x4d").init, jax.random.key(0),
+                            jnp.zeros((1, 64, 64, 3)))
+    rng = np.random.default_rng(0)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: np.ones(s.shape, np.float32) if "var" in str(path[-1])
+        else rng.normal(0, 0.05, s.shape).astype(np.float32), shapes)
+    scope = {"jax": jax, "rx": rx, "variables": variables,
+             "images": rng.normal(size=(8, 64, 64, 3)).astype(np.float32)}
+    exec(snippet("sharded-jit"), scope)
+    ref = jax.jit(scope["model"].apply)(variables, np.asarray(scope["images"]))
+    return {"logits_err": float(np.max(np.abs(np.asarray(scope["logits"]) - ref))),
+            "features": {k: list(v.shape) for k, v in scope["features"].items()}}
+
+
 def main() -> None:
     cases = {  # (model, lowering, grad_accum_steps, compute dtype, drop_path_rate)
         "resnext_fast": ("tiny_resnext", "fast", 1, "float32", 0.0),
@@ -126,6 +160,8 @@ def main() -> None:
     result["backbone"] = backbone_case("tiny_seresnext", "data")
     result["backbone_without_data_axis"] = backbone_case("tiny_seresnext", None)
     result["parallel_apply"] = parallel_apply_case("tiny_resnext")
+    result["explicit_mesh"] = explicit_mesh_case("tiny_seresnext")
+    result["readme"] = readme_case()
     print("RESULT " + json.dumps(result))
 
 

@@ -84,3 +84,13 @@ def test_parallel_apply_runs_each_devices_rows(checks):
     _no_gathers(checks["parallel_apply"]["forward"], "parallel_apply")
     assert checks["parallel_apply"]["forward"]["all-reduce_count"] == 0
     assert checks["parallel_apply"]["logits_err"] < 1e-5
+
+
+def test_explicit_sharding_needs_no_data_axis_for_inference(checks):
+    _no_gathers(checks["explicit_mesh"]["forward"], "forward under an explicit mesh")
+    assert checks["explicit_mesh"]["logits_err"] < 1e-5
+
+
+def test_readme_sharded_jit_snippet_runs_on_eight_devices(checks):
+    assert checks["readme"]["logits_err"] < 1e-4
+    assert checks["readme"]["features"]["layer4"] == [8, 2, 2, 2048]

@@ -15,8 +15,10 @@ Two contexts, told apart by the trace's abstract mesh:
 - inside a ``shard_map`` that is manual over the axis (the trainer's steps), arrays already
   hold one device's rows: convolutions need nothing, BatchNorm averages its statistics over
   the axis (:func:`manual`);
-- in a ``jax.jit`` under ``jax.set_mesh(mesh)`` where the axis is automatic (a backbone in
+- in a ``jax.jit`` under ``jax.set_mesh(mesh)`` where the axis is not manual (a backbone in
   a user's own sharded program), grouped convolutions are wrapped (:func:`per_device_conv`).
+  With explicit sharding (``jax.make_mesh``'s default axis type) the input's type names the
+  axes that split the batch, and ``data_axis`` may be left out.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def manual(axis: AxisName | None) -> bool:
     return axis is not None and not mesh.empty and set(_axes(axis)) <= set(mesh.manual_axes)
 
 
+def _explicit_batch_axes(x: jax.Array) -> tuple[str, ...] | None:
+    """The mesh axes that split ``x``'s batch when its type says so (explicit sharding,
+    e.g. meshes from ``jax.make_mesh``), else None."""
+    spec = getattr(jax.typeof(x).sharding, "spec", None)
+    return _axes(spec[0]) if spec and spec[0] is not None else None
+
+
 def per_device_conv(conv: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
                     kernel: jax.Array, axis: AxisName | None) -> jax.Array:
     """``conv(x, kernel)`` on each device's rows of ``x`` when the context mesh
@@ -49,6 +58,7 @@ def per_device_conv(conv: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Ar
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return conv(x, kernel)
+    axis = axis or _explicit_batch_axes(x)
     if axis is None:
         if not mesh.manual_axes:
             warnings.warn(
