@@ -8,22 +8,15 @@ from resnext_jax.train.config import default_config
 
 def get_config():
     c = default_config()
-    c.model.name = "tiny_seresnext"
     # SE-ResNeXt: CIFAR-style 3x3 stem, three stages of one bottleneck (8 groups, SE r=16).
-    c.model.layers = (1, 1, 1)
-    c.model.stage_planes = (16, 32, 64)
-    c.model.stem = "cifar"
-    c.model.stem_features = 16
-    c.model.cardinality = 8
-    c.model.base_width = 16
-    c.model.in_chans = 1
+    c.model.name = "digits_seresnext"
 
     c.data.name = "sklearn_digits"
     c.data.train_split, c.data.eval_split = "train", "test"
     c.data.image_size, c.data.channels = 8, 1
-    c.data.train_preprocess, c.data.eval_preprocess = "pad_crop", "resize"
+    c.data.train_preprocess, c.data.crop_pct = "pad_crop", 1.0
     c.data.pad, c.data.flip = 1, False
-    c.data.mean, c.data.std = (127.5,), (127.5,)
+    c.data.mean, c.data.std = (0.5,), (0.5,)
     c.data.cache = True
 
     c.batch_size = c.eval_batch_size = 64

@@ -9,8 +9,8 @@ python -m resnext_jax.main --config=configs/resnext29_8x64d_cifar10.py --workdir
 
 from resnext_jax.train.config import default_config
 
-CIFAR10_MEAN = (125.3, 123.0, 113.9)
-CIFAR10_STD = (63.0, 62.1, 66.7)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # 0-1 scale
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def get_config():
@@ -19,7 +19,7 @@ def get_config():
     c.data.name = "cifar10"
     c.data.eval_split = "test"
     c.data.image_size = 32
-    c.data.train_preprocess, c.data.eval_preprocess = "pad_crop", "resize"
+    c.data.train_preprocess, c.data.crop_pct = "pad_crop", 1.0
     c.data.pad, c.data.flip = 4, True
     c.data.mean, c.data.std = CIFAR10_MEAN, CIFAR10_STD
     c.data.cache = True

@@ -4,21 +4,24 @@ from resnext_jax.flops import count_macs
 from resnext_jax.model import ResNet, count_params
 from resnext_jax.ops import compiler_options
 from resnext_jax.parallel import parallel_apply
-from resnext_jax.weights import (
-    export_torch,
+from resnext_jax.transforms import Transform, load_image
+from resnext_jax.weights import Pretrained, WeightsError, load
+from resnext_jax.zoo import (
+    PretrainedCfg,
+    create_model,
+    get_entry,
     get_pretrained_cfg,
+    list_models,
     list_pretrained,
-    load_model,
-    load_pretrained,
-    load_weights,
-    save_weights,
+    register,
+    register_pretrained,
 )
-from resnext_jax.zoo import create_model, get_entry, list_models, register
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "ResNet", "compiler_options", "count_macs", "count_params", "create_model", "get_entry",
-    "list_models", "parallel_apply", "register", "export_torch", "get_pretrained_cfg",
-    "list_pretrained", "load_model", "load_pretrained", "load_weights", "save_weights",
+    "Pretrained", "PretrainedCfg", "ResNet", "Transform", "WeightsError", "compiler_options",
+    "count_macs", "count_params", "create_model", "get_entry", "get_pretrained_cfg",
+    "list_models", "list_pretrained", "load", "load_image", "parallel_apply", "register",
+    "register_pretrained",
 ]

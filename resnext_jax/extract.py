@@ -27,61 +27,9 @@ from typing import Any
 
 import numpy as np
 
-LAYERS = ("pre_logits", "logits", "stem", "layer1", "layer2", "layer3", "layer4")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
 
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """Evaluation transform: resize the shorter side to ``floor(size / crop_pct)``,
-    center-crop ``size`` x ``size``, scale to [0, 1], normalise with ``mean`` / ``std`` (one
-    value per channel; ``channels=1`` reads images as grey)."""
-
-    size: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    channels: int = 3
-
-    def __post_init__(self) -> None:
-        if not len(self.mean) == len(self.std) == self.channels:
-            raise ValueError(f"{self.channels}-channel input needs {self.channels} mean and std "
-                             f"values, got mean={self.mean}, std={self.std} (--mean / --std)")
-
-    @classmethod
-    def from_pretrained(cls, cfg: Any) -> Preprocess:
-        """From a :class:`resnext_jax.weights.PretrainedCfg`."""
-        return cls(cfg.input_size[0], cfg.crop_pct, cfg.interpolation, tuple(cfg.mean),
-                   tuple(cfg.std))
-
-
-class ImageError(ValueError):
-    """A file that is not an image Pillow can read."""
-
-
-def load_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
-    """One image as a normalised ``(size, size, channels)`` float32 array (timm's eval
-    transform)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
-                "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}[pre.interpolation]
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if pre.channels == 1 else "RGB")  # palette, CMYK, alpha
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
-    w, h = image.size
-    short = int(pre.size / pre.crop_pct)
-    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    image = image.resize((new_w, new_h), resample)
-    top, left = int(round((new_h - pre.size) / 2)), int(round((new_w - pre.size) / 2))
-    image = image.crop((left, top, left + pre.size, top + pre.size))
-    array = np.asarray(image, np.float32).reshape(pre.size, pre.size, -1) / 255.0
-    return (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+HEAD_OUTPUTS = ("pre_logits", "logits")
 
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -100,11 +48,12 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet-1k class names in the standard (sorted-synset) order, as shipped
-    with tensorflow-datasets (the same order as its ``imagenet2012`` labels)."""
-    from tensorflow_datasets.datasets.siscore.labels import IMAGENET_LABELS_LIST
+    """The 1000 ImageNet-1k class names in the standard (sorted-synset) order, the order of
+    TFDS's ``imagenet2012`` labels (copied from tensorflow-datasets' list)."""
+    from importlib.resources import files
 
-    return list(IMAGENET_LABELS_LIST)
+    text = files("resnext_jax").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,13 +65,19 @@ def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(probs, order, -1)
 
 
+def layers_of(model: Any) -> tuple[str, ...]:
+    """What ``--layer`` may name for ``model``: the pooled pre-logits, the logits, the stem
+    map and each stage's output (from ``model.feature_info``)."""
+    return HEAD_OUTPUTS + tuple(info["module"] for info in model.feature_info)
+
+
 def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dict[str, Any]]:
     """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode, with the
     batch split over this process's devices (a multiple of ``.devices`` rows)."""
     from resnext_jax.parallel import parallel_apply
 
-    if layer not in LAYERS:
-        raise ValueError(f"unknown layer {layer!r}; choose one of {LAYERS}")
+    if layer not in layers_of(model):
+        raise ValueError(f"unknown layer {layer!r}: this model has {', '.join(layers_of(model))}")
     needs_head = with_logits or layer == "logits"
     if needs_head and (model.num_classes == 0 or model.features_only):
         raise ValueError("logits and --topk need a classifier head; this model has none "
@@ -144,7 +99,7 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
     return parallel_apply(model, method=outputs)
 
 
-def _batches(files: Sequence[Path], pre: Preprocess, batch_size: int, workers: int,
+def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: int,
              report: Callable[[Path, str], None]) -> Iterator[tuple[np.ndarray, list[Path]]]:
     """Fixed-shape batches of readable images (zeros pad the last) with their files."""
     def read(path: Path) -> np.ndarray | None:
@@ -218,7 +173,7 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     os.replace(tmp, path)
 
 
-def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: Preprocess, *,
+def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: Transform, *,
             layer: str = "pre_logits", k: int = 0, batch_size: int = 32, chunk_batches: int = 8,
             workers: int = 4, settings: dict[str, Any] | None = None,
             on_topk: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
@@ -287,40 +242,20 @@ def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str])
                                            .encode()))
 
 
-def preprocess_for(pretrained: str | bool | None, model_name: str) -> Preprocess | None:
-    """The eval transform of known weights: ``pretrained`` is ``True`` (the model's default
-    set), a weight-set name, a Hub id named after a set, or a ``.msgpack`` file saved with
-    ``pretrained=SET``; ``None`` when nothing is known about them."""
-    from resnext_jax.weights import get_pretrained_cfg, read_weights
-
-    if pretrained is True or pretrained in ("True", "true"):
-        name = model_name
-    elif not pretrained:
-        return None
-    elif str(pretrained).endswith(".msgpack") and os.path.isfile(pretrained):
-        name = read_weights(pretrained)[0].get("pretrained")
-    else:
-        name = str(pretrained).removeprefix("hf-hub:").split("/")[-1]
-    try:
-        return Preprocess.from_pretrained(get_pretrained_cfg(name)) if name else None
-    except KeyError:
-        return None
-
-
-def _preprocess_for(args: argparse.Namespace, channels: int = 3) -> Preprocess:
-    """The weights' own config when known, else ImageNet defaults; flags override."""
-    pre = preprocess_for(args.pretrained, args.model)
-    if pre is None:
-        print("note: no pretrained config for these weights; using ImageNet defaults "
-              "(224 crop of the 256 short side, ImageNet mean/std) unless flags say otherwise",
-              file=sys.stderr)
-        pre = Preprocess()
-    overrides = {k: v for k, v in dict(channels=channels, size=args.input_size,
-                                       crop_pct=args.crop_pct,
-                                       interpolation=args.interpolation,
-                                       mean=args.mean, std=args.std).items()
-                 if v is not None}
-    return dataclasses.replace(pre, **overrides)
+def _transform_for(args: argparse.Namespace, model: Any) -> Transform:
+    """The weights' own transform (their config, or the one their file carries); flags
+    override it, and with neither, ImageNet's defaults (said once on stderr)."""
+    base = model.pretrained_cfg.transform if model.pretrained_cfg else None
+    overrides = {k: v for k, v in dict(size=args.input_size, crop_pct=args.crop_pct,
+                                       interpolation=args.interpolation, mean=args.mean,
+                                       std=args.std).items() if v is not None}
+    if base is None and not overrides:
+        print("note: these weights carry no transform; using ImageNet's (224 crop of the 256 "
+              "short side, ImageNet mean/std); --input-size, --crop-pct, --interpolation, "
+              "--mean and --std change it", file=sys.stderr)
+    base = base or Transform(channels=model.in_chans,
+                             **({"mean": (0.5,), "std": (0.5,)} if model.in_chans == 1 else {}))
+    return dataclasses.replace(base, **overrides)
 
 
 def _label_names(path: str | None, num_classes: int) -> list[str]:
@@ -343,14 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnext_jax.extract", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", help="zoo name (resnext_jax.list_models()); optional with a "
-                   ".msgpack from resnext_jax, which holds its architecture")
-    p.add_argument("--pretrained", help="weights: True (the model's default set), a weight-set "
-                   "name, a Hub id (timm/...), or a .safetensors/.pth/.msgpack file; "
-                   "without it the weights are random")
+    p.add_argument("--model", help="zoo name (resnext_jax.list_models()); optional when the "
+                   "weights say which model they are for")
+    p.add_argument("--pretrained", help="weights: anything resnext_jax.load reads (a weight-set "
+                   "or model name, a Hub id, a .safetensors/.pth/.msgpack file, a training "
+                   "workdir), or True for --model's default set; without it the weights are "
+                   "random")
     p.add_argument("--out", type=Path, help=".npz or .npy file (required unless --topk)")
-    p.add_argument("--layer", default="pre_logits", choices=LAYERS,
-                   help="what to save: pooled pre-logits (default), logits, or a stage's maps")
+    p.add_argument("--layer", default="pre_logits",
+                   help="what to save: pre_logits (pooled, default), logits, stem, or a "
+                   "stage's maps (layer1 ... as the model's feature_info names them)")
     p.add_argument("--topk", type=int, default=0, metavar="K",
                    help="print the K most likely classes of each image")
     p.add_argument("--labels", help="class names, one a line (default: ImageNet for 1000 "
@@ -361,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="image-decoding threads")
     p.add_argument("--input-size", type=int, help="override the crop size")
     p.add_argument("--crop-pct", type=float, help="override the crop fraction")
-    p.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic", "lanczos"))
+    p.add_argument("--interpolation", choices=INTERPOLATIONS)
     p.add_argument("--mean", type=_floats, help="per channel, comma-separated, on the 0-1 "
                    "scale (e.g. 0.485,0.456,0.406)")
     p.add_argument("--std", type=_floats, help="per channel, comma-separated, on the 0-1 scale")
@@ -375,26 +312,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("give --out FILE, --topk K, or both")
     import jax
 
-    from resnext_jax.weights import load_model
-    from resnext_jax.zoo import create_model
+    import resnext_jax as rx
 
     overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    pretrained = True if args.pretrained in ("True", "true") else args.pretrained
-    if args.model is None:  # our own weight files carry the architecture
-        if not str(pretrained).endswith(".msgpack"):
-            build_parser().error("--model is required unless --pretrained is a .msgpack file "
-                                 "written by resnext_jax (which names its architecture)")
-        model, variables = load_model(pretrained, **overrides)
-        pre = _preprocess_for(args, model.in_chans)
-    elif pretrained:
-        model, variables = create_model(args.model, pretrained=pretrained, **overrides)
-        pre = _preprocess_for(args, model.in_chans)
-    else:
+    if args.pretrained in ("True", "true"):
+        if args.model is None:
+            build_parser().error("--pretrained True needs --model (whose default weights)")
+        args.pretrained = args.model
+    if args.pretrained:
+        loaded = rx.load(args.pretrained, args.model, **overrides)
+        model, variables = loaded.model, loaded.variables
+    elif args.model:
         print("note: no --pretrained given: the weights are random", file=sys.stderr)
-        model = create_model(args.model, **overrides)
-        pre = _preprocess_for(args, model.in_chans)
+        model = rx.create_model(args.model, **overrides)
         variables = jax.jit(model.init)(
-            jax.random.key(0), np.zeros((1, pre.size, pre.size, model.in_chans), np.float32))
+            jax.random.key(0), np.zeros((1, 224, 224, model.in_chans), np.float32))
+    else:
+        build_parser().error("give --pretrained WEIGHTS (a file, workdir, Hub id or weight-set "
+                             "name), --model NAME, or both")
+    pre = _transform_for(args, model)
+    if args.layer not in layers_of(model):
+        build_parser().error(f"--layer {args.layer}: this model has "
+                             f"{', '.join(layers_of(model))}")
     labels = _label_names(args.labels, model.num_classes) if args.topk else []
 
     def show(name: str, index: np.ndarray, prob: np.ndarray) -> None:

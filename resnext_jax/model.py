@@ -132,6 +132,12 @@ class ResNet(nn.Module):
     data_axis: ops.AxisName | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    # Fine-tuning: the first part that trains ("stem", "layer1", ... or "fc"); the parts
+    # before it keep BatchNorm in eval mode and pass no gradient back.
+    train_from: str = "stem"
+    # Where the weights come from and how their inputs were made (zoo.PretrainedCfg): set by
+    # create_model (the default weight set) and resnext_jax.load; shapes nothing.
+    pretrained_cfg: Any = None
 
     def setup(self) -> None:
         self._check_options()
@@ -208,8 +214,16 @@ class ResNet(nn.Module):
             problems.append("drop_rate and drop_path_rate must lie in [0, 1)")
         if self.num_classes < 0 or self.cardinality < 1 or self.base_width < 1:
             problems.append("num_classes must be >= 0, cardinality and base_width >= 1")
+        if self.train_from not in self.parts:
+            problems.append(f"train_from={self.train_from!r} is not one of {self.parts}")
         if problems:
             raise ValueError("invalid ResNet options: " + "; ".join(problems))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The network's parts in order, as ``train_from`` names them; each is also the
+        first component of its parameters' paths (``layer2_0`` belongs to ``layer2``)."""
+        return ("stem", *(f"layer{i + 1}" for i in range(len(self.layers))), "fc")
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -251,17 +265,22 @@ class ResNet(nn.Module):
     def forward_features(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         """The stem map (before pooling) and the output of every stage."""
         self._check_input(x)
-        stem_map, x = self.stem_layers(jnp.asarray(x, self.dtype), train)
+        first = self.parts.index(self.train_from)
+        stem_map, x = self.stem_layers(jnp.asarray(x, self.dtype), train and first == 0)
         features = {"stem": stem_map}
         for stage in range(len(self.layers)):
+            if stage + 1 == first:  # nothing before this stage trains
+                x = jax.lax.stop_gradient(x)
             for block in getattr(self, f"stage{stage + 1}"):
-                x = block(x, train)
+                x = block(x, train and stage + 1 >= first)
             features[f"layer{stage + 1}"] = x
         return features
 
     def forward_head(self, x: jax.Array, train: bool = False,
                      pre_logits: bool = False) -> jax.Array:
         """Global pool, dropout and classifier on the last feature map."""
+        if self.train_from == "fc":
+            x = jax.lax.stop_gradient(x)
         x = global_pool(x, self.global_pool)
         if pre_logits or self.num_classes == 0:
             return x

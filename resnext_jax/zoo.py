@@ -1,4 +1,11 @@
-"""The model zoo: named architectures as data, ``create_model`` and ``list_models``."""
+"""The model zoo: named architectures and their known weight sets, as data.
+
+``create_model(name, **overrides)`` builds a model with its default weight set's config
+attached (``model.pretrained_cfg``, as timm attaches it); ``resnext_jax.load`` loads weights.
+A weight set, like timm's pretrained configs, names the model it fits, its Hugging Face Hub
+copy, the published ImageNet-1k top-1 (torchvision's weight metadata, timm's results tables;
+None where the project has no figure on record) and the transform it was evaluated with.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import fnmatch
 from typing import Any
 
 from resnext_jax.model import ResNet
+from resnext_jax.transforms import Transform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +40,10 @@ def register(name: str, source: str, **kwargs: Any) -> None:
 
 def _check_fields(name: str, kwargs: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+    if "pretrained" in kwargs:
+        raise TypeError("create_model builds the module only; for weights use "
+                        f"resnext_jax.load({name!r}) (or a weight-set name, Hub id or file), "
+                        "which returns Pretrained(model, variables, cfg, report)")
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         hints = {k: difflib.get_close_matches(k, fields, 1) for k in unknown}
@@ -54,28 +66,58 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, pretrained: Any = None,
-                 **overrides: Any) -> ResNet | tuple[ResNet, dict[str, Any]]:
+def create_model(name: str, **overrides: Any) -> ResNet:
     """Build a registered model; ``overrides`` replace its ``ResNet`` fields.
 
     Example: ``create_model("seresnext50_32x4d", num_classes=10, dtype=jnp.bfloat16)``.
-
-    With ``pretrained`` (``True`` for the model's default weight set, a set name such as
-    ``"seresnext50_32x4d.racm_in1k"``, a Hub id, or a .safetensors / .pth / .msgpack file)
-    it returns ``(model, variables)``. Passing ``num_classes`` that differs from the
-    checkpoint's keeps the backbone and re-initialises only the head (with a warning);
-    see :func:`resnext_jax.weights.load_pretrained`.
+    The model carries its default weight set's config as ``model.pretrained_cfg`` (None
+    when the zoo knows no weights for it); ``resnext_jax.load(name)`` loads those weights.
     """
     entry = get_entry(name)
     _check_fields(name, overrides)
-    model = ResNet(**{**entry.kwargs, **overrides})
-    if pretrained is None or pretrained is False:
-        return model
-    from resnext_jax.weights import load_pretrained  # lazy: file and Hub I/O only when asked
+    defaults = [cfg for cfg in _SETS.values() if cfg.model == name]
+    return ResNet(**{**entry.kwargs, "pretrained_cfg": defaults[0] if defaults else None,
+                     **overrides})
 
-    variables, _ = load_pretrained(model, pretrained, model_name=name,
-                                   reset_head="num_classes" in overrides)
-    return model, variables
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedCfg:
+    """One weight set, named ``model.tag`` as timm names them."""
+
+    name: str
+    hf_hub_id: str | None
+    top1: float | None
+    transform: Transform = Transform()
+    num_classes: int = 1000
+    url: str | None = None  # the original release, for sets without a Hub copy
+    origin: str = "timm"
+
+    @property
+    def model(self) -> str:
+        return self.name.split(".")[0]
+
+
+def register_pretrained(cfg: PretrainedCfg) -> None:
+    """Add a weight set; a model's first set is its default."""
+    get_entry(cfg.model)
+    if cfg.name in _SETS:
+        raise ValueError(f"weight set {cfg.name!r} is already registered")
+    _SETS[cfg.name] = cfg
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Known weight sets matching a shell-style pattern, e.g. ``"seresnext*"``."""
+    return [name for name in _SETS if fnmatch.fnmatch(name, pattern)]
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The config of a weight set ``model.tag``, or of a model's default set."""
+    if name in _SETS:
+        return _SETS[name]
+    for cfg in _SETS.values():
+        if cfg.model == name:
+            return cfg
+    raise KeyError(f"no known weight set {name!r}; known sets: {', '.join(_SETS)}")
 
 
 TV_TIMM = "torchvision / timm"
@@ -140,5 +182,44 @@ register("tiny_legacy_seresnext", TINY, **{**_TINY, **_LEGACY_SERESNEXT})
 register("tiny_legacy_senet", TINY, **{**_TINY, "block": "senet154", "se": "legacy",
                                        "stem": "legacy_deep", "stem_width": 16,
                                        "stem_features": 32, "downsample": "conv3x3"})
+register("digits_seresnext", "the README's main job: SE-ResNeXt for 8x8 grey digits",
+         layers=(1, 1, 1), stage_planes=(16, 32, 64), stem="cifar", stem_features=16,
+         cardinality=8, base_width=16, se="timm", in_chans=1, num_classes=10)
 register("tiny_resnext_cifar", TINY, layers=(1, 1, 1), stage_planes=(16, 32, 64),
          stem="cifar", stem_features=16, cardinality=4, base_width=16, num_classes=10)
+
+
+# Weight sets; a model's first is its default. torchvision's use torchvision's own eval
+# transform (resize 256 or 232, crop 224), which produced their published accuracy.
+_SETS: dict[str, PretrainedCfg] = {}
+_TV1 = dict(transform=Transform(crop_pct=224 / 256), origin="torchvision")
+_TV2 = dict(transform=Transform(crop_pct=224 / 232), origin="torchvision")
+_BICUBIC = dict(transform=Transform(interpolation="bicubic"))
+_BICUBIC_95 = dict(transform=Transform(crop_pct=0.95, interpolation="bicubic"))
+_CADENE = dict(origin="Cadene pretrainedmodels via timm")
+_GH = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+for _cfg in [
+    PretrainedCfg("resnext50_32x4d.tv2_in1k", "timm/resnext50_32x4d.tv2_in1k", 81.198, **_TV2),
+    PretrainedCfg("resnext50_32x4d.tv_in1k", "timm/resnext50_32x4d.tv_in1k", 77.618, **_TV1),
+    PretrainedCfg("resnext101_32x8d.tv2_in1k", "timm/resnext101_32x8d.tv2_in1k", 82.834, **_TV2),
+    PretrainedCfg("resnext101_32x8d.tv_in1k", "timm/resnext101_32x8d.tv_in1k", 79.312, **_TV1),
+    PretrainedCfg("resnext101_64x4d.tv_in1k", "timm/resnext101_64x4d.tv_in1k", 83.246, **_TV2),
+    PretrainedCfg("seresnext50_32x4d.racm_in1k", "timm/seresnext50_32x4d.racm_in1k", 81.268,
+                  **_BICUBIC),
+    PretrainedCfg("legacy_seresnext50_32x4d.in1k", None, 79.080,
+                  url=_GH + "legacy_se_resnext50_32x4d-f3651bad.pth", **_CADENE),
+    PretrainedCfg("resnext50d_32x4d.bt_in1k", "timm/resnext50d_32x4d.bt_in1k", None, **_BICUBIC),
+    PretrainedCfg("seresnext26d_32x4d.bt_in1k", "timm/seresnext26d_32x4d.bt_in1k", None,
+                  **_BICUBIC),
+    PretrainedCfg("seresnext26t_32x4d.bt_in1k", "timm/seresnext26t_32x4d.bt_in1k", None,
+                  **_BICUBIC),
+    PretrainedCfg("seresnext101_32x8d.ah_in1k", "timm/seresnext101_32x8d.ah_in1k", None,
+                  **_BICUBIC_95),
+    PretrainedCfg("seresnext101d_32x8d.ah_in1k", "timm/seresnext101d_32x8d.ah_in1k", None,
+                  **_BICUBIC_95),
+    PretrainedCfg("legacy_seresnext101_32x4d.in1k", None, None,
+                  url=_GH + "legacy_se_resnext101_32x4d-37725eac.pth", **_CADENE),
+    PretrainedCfg("legacy_senet154.in1k", None, None, url=_GH + "legacy_senet154-e9eb9fe6.pth",
+                  **_CADENE),
+]:
+    register_pretrained(_cfg)

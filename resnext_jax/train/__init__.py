@@ -1,8 +1,19 @@
-"""Sharded training and evaluation (jit over a Mesh, optax, orbax, clu)."""
+"""Training and evaluation: ``build(config, workdir)`` gives a :class:`Trainer` (mesh, data,
+model, optimizer, jitted per-device steps, orbax checkpoints); ``train_and_evaluate`` and
+``evaluate`` run it as the CLI does; ``restore(workdir)`` reopens a run."""
 
 from resnext_jax.train.checkpoint import Checkpointer, CheckpointError
-from resnext_jax.train.config import default_config
-from resnext_jax.train.trainer import NonFiniteLossError, evaluate, train_and_evaluate
+from resnext_jax.train.config import config_from_json, default_config
+from resnext_jax.train.steps import TrainState
+from resnext_jax.train.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    build,
+    evaluate,
+    restore,
+    train_and_evaluate,
+)
 
-__all__ = ["CheckpointError", "Checkpointer", "NonFiniteLossError", "default_config",
-           "evaluate", "train_and_evaluate"]
+__all__ = ["CheckpointError", "Checkpointer", "NonFiniteLossError", "TrainState", "Trainer",
+           "build", "config_from_json", "default_config", "evaluate", "restore",
+           "train_and_evaluate"]

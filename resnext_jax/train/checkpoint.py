@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnext_jax.train.files import is_remote
+from resnext_jax.weights.native import tree_differences
 
 
 class CheckpointError(RuntimeError):
@@ -91,15 +92,12 @@ class Checkpointer:
             return
         path = os.path.join(self.directory, str(step), "default")
         saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree["params"]
-        shapes = [{jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
-                   for k, v in jax.tree_util.tree_leaves_with_path(t)}
-                  for t in (saved, abstract_state.params)]
-        if shapes[0] != shapes[1]:
-            diff = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[:3]
+        problems = tree_differences(abstract_state.params, saved)
+        if problems:
             raise ConfigMismatchError(
                 f"the checkpoint of step {step} in {self.directory} holds a different model "
-                f"(parameters differ, e.g. {diff}); use a new --workdir for a new config, or "
-                "the config that wrote it")
+                f"(parameters differ: {'; '.join(problems[:3])}); use a new --workdir for a "
+                "new config, or the config that wrote it")
 
     def restore(self, step: int, abstract_state: Any) -> Any:
         if step not in self.manager.all_steps():

@@ -5,10 +5,10 @@ The config is locked: a key that is not here (a typo) is an error, not a silent 
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 from ml_collections.config_dict import placeholder
-
-from resnext_jax.data import IMAGENET_MEAN, IMAGENET_STD
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -24,11 +24,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_epochs = 1.0  # 0: only at the end
 
-    # Any registered model name; other keys are ResNet fields that override the entry's.
+    # A registered model name (resnext_jax.list_models()) and the ResNet fields a run may
+    # set; None keeps the zoo entry's value. A new architecture is a new registered name.
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnext50_32x4d"
-    c.model.pretrained = placeholder(str)  # weight set, Hub id or file (eval / fine-tune)
+    c.model.pretrained = placeholder(str)  # anything resnext_jax.load reads (eval, fine-tune)
+    c.model.num_classes = placeholder(int)  # None: the dataset's (a new head if pretrained)
     c.model.dtype = "float32"  # compute dtype; parameters stay float32 ("bfloat16" on TPU)
+    c.model.drop_rate = placeholder(float)
+    c.model.drop_path_rate = placeholder(float)
+    c.model.lowering = placeholder(str)  # resnext_jax.ops.resolve; None: "auto"
+    c.model.remat = placeholder(bool)
+    c.model.train_from = "stem"  # fine-tuning: earlier parts frozen (BatchNorm in eval mode)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "imagenet2012"  # a TFDS name or a folder of class subfolders
@@ -36,17 +43,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.manual_dir = placeholder(str)  # where ImageNet's tar files are, to build on first use
     c.data.train_split = "train"
     c.data.eval_split = "validation"
-    c.data.image_size = 224
+    c.data.image_size = 224  # the training crop
     c.data.channels = 3
     c.data.train_preprocess = "inception_crop"  # or "pad_crop" (CIFAR)
-    c.data.eval_preprocess = "center_crop"  # or "resize"
-    c.data.eval_size = placeholder(int)  # evaluate at a larger size than training
-    c.data.crop_pct = 0.875
     c.data.pad = 4
     c.data.flip = True
-    c.data.mean = IMAGENET_MEAN
-    c.data.std = IMAGENET_STD
-    c.data.resize_method = "bilinear"
+    # The eval transform (resnext_jax.Transform). None: the pretrained weights' own when
+    # model.pretrained is set, else ImageNet's (crop 0.875, bilinear, ImageNet mean / std).
+    c.data.eval_size = placeholder(int)  # None: image_size
+    c.data.crop_pct = placeholder(float)
+    c.data.interpolation = placeholder(str)  # "bilinear", "bicubic" or "nearest"
+    c.data.mean = placeholder(tuple)  # per channel, 0-1 scale
+    c.data.std = placeholder(tuple)
     c.data.shuffle_buffer = 16_384
     c.data.cache = False  # keep the encoded split in memory (small datasets)
     c.data.prefetch = 2
@@ -75,3 +83,21 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.best_mode = "max"
     c.checkpoint.async_save = True
     return c
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """The config a run wrote to its workdir's ``config.json``, on top of the defaults
+    (JSON lists become tuples)."""
+    config = default_config()
+    _update(config, json.loads(text), "")
+    return config
+
+
+def _update(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        if key not in config:
+            raise KeyError(f"config.json: unknown key {prefix}{key}")
+        if isinstance(value, dict):
+            _update(config[key], value, f"{prefix}{key}.")
+        else:
+            config[key] = tuple(value) if isinstance(value, list) else value

@@ -3,7 +3,12 @@ crash never leaves a half-written file."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import tensorflow as tf
+
+from resnext_jax.files import atomic_write
 
 
 def is_remote(path: str) -> bool:
@@ -13,9 +18,10 @@ def is_remote(path: str) -> bool:
 
 def write_text(path: str, text: str) -> None:
     """Write then rename, so that a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.remove(tmp)
+    if not is_remote(path):
+        atomic_write(path, text.encode())
+        return
+    tmp = f"{path}.{os.getpid()}.{time.time_ns()}.part"  # object stores have no symlinks
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)

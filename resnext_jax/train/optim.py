@@ -43,9 +43,32 @@ def decay_mask(params: Any) -> Any:
         lambda path, p: path[-1].key == "kernel" and p.ndim > 1, params)
 
 
-def create_optimizer(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def frozen_labels(params: Any, parts: tuple[str, ...], train_from: str) -> Any:
+    """``"frozen"`` for the parameters of the parts before ``train_from`` (``ResNet.parts``;
+    a parameter's first path component is ``stem``, ``layerS_I`` or ``fc``), else
+    ``"train"``."""
+    first = parts.index(train_from)
+
+    def label(path: tuple, _: Any) -> str:
+        part = path[0].key.split("_")[0]
+        return "frozen" if parts.index(part) < first else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def create_optimizer(opt: ConfigDict, schedule: optax.Schedule,
+                     frozen: Any = None) -> optax.GradientTransformation:
     """SGD (momentum, optional Nesterov; decay added to the gradient as in PyTorch), AdamW
-    or LAMB (decoupled decay), all with the decay mask above and optional global-norm clip."""
+    or LAMB (decoupled decay), all with the decay mask above and optional global-norm clip.
+    ``frozen``: labels from :func:`frozen_labels`; those parameters never change (no update,
+    no weight decay, no optimizer state)."""
+    tx = _optimizer(opt, schedule)
+    if frozen is None:
+        return tx
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen)
+
+
+def _optimizer(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     if opt.name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={opt.name!r}; choose one of {OPTIMIZERS}")
     if opt.name == "sgd":

@@ -1,13 +1,15 @@
 """The training loop: the one place where data, model, optimizer and checkpoints meet.
 
 Data parallel over a 1-D ``Mesh`` (axis ``data``): the batch is sharded over every device of
-every process, the state is replicated, ``jax.jit`` inserts the gradient all-reduce and
-computes BatchNorm statistics over the global batch. The same code runs on one CPU, on
-simulated devices, on several processes and on a TPU pod slice.
+every process and the state is replicated; each device computes the loss and gradient of
+its own rows (:mod:`resnext_jax.train.steps`) and one all-reduce averages the gradients.
+BatchNorm statistics are over the global batch. The same code runs on one CPU, on simulated
+devices, on several processes and on a TPU pod slice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,7 +18,6 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +29,13 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from resnext_jax import data
+from resnext_jax.model import ResNet
 from resnext_jax.ops import compiler_options
 from resnext_jax.train.checkpoint import Checkpointer
+from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
-from resnext_jax.train.optim import create_optimizer, create_schedule
+from resnext_jax.train.optim import create_optimizer, create_schedule, frozen_labels
 from resnext_jax.train.steps import (
     DATA_AXIS,
     TrainState,
@@ -40,16 +43,28 @@ from resnext_jax.train.steps import (
     make_eval_step,
     make_train_step,
 )
-from resnext_jax.weights import save_weights
-from resnext_jax.zoo import create_model, get_entry
+from resnext_jax.transforms import Transform
+from resnext_jax.weights import LoadReport, Pretrained, load, native
+from resnext_jax.weights.load import WORKDIR_MODEL, WORKDIR_WEIGHTS
+from resnext_jax.zoo import PretrainedCfg, create_model, get_entry
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN / Inf; the last good checkpoint is kept."""
 
 
-class Run:
-    """Everything a train or eval run builds from the config, in order."""
+# ResNet fields a config may set under config.model (None keeps the zoo entry's value).
+RUN_FIELDS = ("drop_rate", "drop_path_rate", "lowering", "remat", "train_from")
+
+
+class Trainer:
+    """Everything a run builds from its config, in order: the mesh, the data, the model (and
+    pretrained weights), the optimizer, the jitted steps and the checkpoints.
+
+    ``initial_state()`` gives the newest readable checkpoint of the workdir or a fresh
+    state; ``train_step(state, batch)`` and ``eval_step(state, batch)`` take global batches
+    (``global_batch``); ``evaluate(state)`` runs the eval split. :func:`build` makes one.
+    """
 
     def __init__(self, config: ConfigDict, workdir: str, *, train: bool) -> None:
         self.config, self.workdir = config, workdir
@@ -61,7 +76,18 @@ class Run:
         _check_divisible("eval_batch_size", config.eval_batch_size, jax.device_count())
         d, n = config.data, jax.process_count()
         if d.name == "synthetic":
-            self.num_classes = get_entry(config.model.name).kwargs.get("num_classes", 1000)
+            self.num_classes = config.model.num_classes or get_entry(
+                config.model.name).kwargs.get("num_classes", 1000)
+        else:
+            self.source = data.open_source(d.name, data_dir=d.data_dir,
+                                           manual_dir=d.manual_dir, bad_images=d.bad_images)
+            self.num_classes = self.source.num_classes
+        self.model, self.pretrained = model_from_config(config, self.num_classes)
+        self.transform = eval_transform(config, self.pretrained)
+        self.cfg = PretrainedCfg(f"{config.model.name}.{os.path.basename(workdir.rstrip('/'))}",
+                                 None, None, self.transform, self.num_classes, origin=workdir)
+        self.model = self.model.clone(pretrained_cfg=self.cfg)
+        if d.name == "synthetic":
             self.eval_data = self.train_data = data.SyntheticData(
                 image_size=d.image_size, channels=d.channels, num_classes=self.num_classes,
                 global_batch=config.batch_size, process_count=n, seed=config.seed)
@@ -70,24 +96,26 @@ class Run:
         spe = self.train_data.steps_per_epoch if train else 1
         self.total_steps = config.num_train_steps if config.num_train_steps > 0 \
             else int(math.ceil(config.num_epochs * spe))
-        self.model, variables = self._model()
         self.schedule = create_schedule(config.optimizer, config.batch_size, spe,
                                         self.total_steps)
-        tx = create_optimizer(config.optimizer, self.schedule)
         image_shape = (d.image_size, d.image_size, d.channels)
+        params = jax.eval_shape(lambda: self.model.init(
+            jax.random.key(0), jnp.zeros((1, *image_shape))))["params"]
+        frozen = None if self.model.train_from == "stem" else frozen_labels(
+            params, self.model.parts, self.model.train_from)
+        tx = create_optimizer(config.optimizer, self.schedule, frozen)
+        variables = self.pretrained.variables if self.pretrained else None
 
-        def init(rng, variables):
+        def init(rng):
             return create_state(self.model, tx, rng, image_shape, config.ema_decay > 0,
                                 variables)
 
-        rng = jax.random.key(config.seed)
-        abstract = jax.eval_shape(init, rng, variables)
+        abstract = jax.eval_shape(init, jax.random.key(config.seed))
         self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
         self.abstract_state = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self._rng, self._variables = rng, variables
         self.train_step = jax.jit(
             make_train_step(self.model, tx, self.schedule, num_classes=self.num_classes,
                             label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
@@ -108,43 +136,35 @@ class Run:
 
     def _real_data(self, config: ConfigDict, train: bool) -> None:
         d, p, n = config.data, jax.process_index(), jax.process_count()
-        source = data.open_source(d.name, data_dir=d.data_dir, manual_dir=d.manual_dir,
-                                  bad_images=d.bad_images)
-        self.num_classes = source.num_classes
-        preprocess = data.Preprocess(
-            image_size=d.image_size, channels=d.channels, train_kind=d.train_preprocess,
-            eval_kind=d.eval_preprocess, eval_size=d.eval_size, crop_pct=d.crop_pct,
-            pad=d.pad, flip=d.flip, mean=tuple(d.mean), std=tuple(d.std),
-            resize_method=d.resize_method)
-        self.eval_data = data.EvalData(source, d.eval_split, preprocess,
+        preprocess = data.Preprocess(self.transform, image_size=d.image_size,
+                                     train_kind=d.train_preprocess, pad=d.pad, flip=d.flip)
+        self.eval_data = data.EvalData(self.source, d.eval_split, preprocess,
                                        global_batch=config.eval_batch_size, process_index=p,
                                        process_count=n, cache=d.cache)
         self.train_data = data.TrainData(
-            source, d.train_split, preprocess, global_batch=config.batch_size,
+            self.source, d.train_split, preprocess, global_batch=config.batch_size,
             num_shards=d.num_shards or n, process_index=p, process_count=n, seed=config.seed,
             shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch) \
             if train else None
 
-    def _model(self) -> tuple[Any, dict | None]:
-        m = self.config.model
-        overrides = {k: v for k, v in m.items() if k not in ("name", "pretrained")}
-        overrides["dtype"] = jnp.dtype(overrides.get("dtype", "float32"))
-        classes = self.num_classes
-        if m.pretrained:
-            # Keep a pretrained head when the class count matches; otherwise reset it.
-            if get_entry(m.name).kwargs.get("num_classes", 1000) != classes:
-                overrides["num_classes"] = classes
-            return create_model(m.name, pretrained=m.pretrained, **overrides)
-        return create_model(m.name, num_classes=classes, **overrides), None
+    def fresh_state(self) -> TrainState:
+        """Step 0: the pretrained weights (``config.model.pretrained``) or a random init."""
+        return self._init(jax.random.key(self.config.seed))
+
+    def restore(self, step: int | None = None) -> tuple[TrainState, int] | None:
+        """Checkpoint ``step`` of the workdir, or the newest readable one (None if none)."""
+        if step is not None:
+            return self.checkpointer.restore(step, self.abstract_state), step
+        return self.checkpointer.restore_latest(self.abstract_state)
 
     def initial_state(self) -> tuple[TrainState, int]:
         """The newest readable checkpoint of this workdir, else a fresh state."""
-        restored = self.checkpointer.restore_latest(self.abstract_state)
+        restored = self.restore()
         if restored is not None:
             logging.info("resuming from step %d of %s", restored[1],
                          self.checkpointer.directory)
             return restored
-        return self._init(self._rng, self._variables), 0
+        return self.fresh_state(), 0
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
@@ -161,6 +181,72 @@ class Run:
             raise AssertionError(f"eval saw {count} examples, split has "
                                  f"{self.eval_data.num_examples}")
         return {f"eval/{k}": v / count for k, v in totals.items()}
+
+    def pretrained_of(self, state: TrainState, metrics: dict[str, float] | None = None
+                      ) -> Pretrained:
+        """The evaluated weights of ``state`` (EMA when on) as a :class:`Pretrained`, on
+        the host; ``metrics``: its eval, recorded as the config's top-1."""
+        params = state.ema_params if self.config.ema_decay > 0 else state.params
+        local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
+                                       {"params": params, "batch_stats": state.batch_stats})
+        top1 = (metrics or {}).get("eval/top1")
+        cfg = dataclasses.replace(self.cfg, top1=None if top1 is None else 100 * top1)
+        return Pretrained(self.model.clone(pretrained_cfg=cfg), local, cfg,
+                          LoadReport(self.workdir, "resnext_jax (trained)"))
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+def build(config: ConfigDict, workdir: str, *, train: bool = True) -> Trainer:
+    """The :class:`Trainer` of ``config`` in ``workdir`` (``train=False``: no training data,
+    for evaluation and inspection)."""
+    return Trainer(config, workdir, train=train)
+
+
+def restore(workdir: str, step: int | None = None) -> tuple[Trainer, TrainState, int]:
+    """A finished or interrupted run, from its workdir alone: its trainer (built from the
+    ``config.json`` it wrote, without training data), the state of checkpoint ``step`` (the
+    newest readable one by default) and that step. Close the trainer when done."""
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json")) as f:
+        config = config_from_json(f.read())
+    trainer = build(config, workdir, train=False)
+    restored = trainer.restore(step)
+    if restored is None:
+        trainer.close()
+        raise FileNotFoundError(f"no checkpoint in {trainer.checkpointer.directory}")
+    return trainer, *restored
+
+
+def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pretrained | None]:
+    """``config.model``'s zoo model for ``num_classes`` classes, with the ResNet fields the
+    config sets; loaded with its weights when ``model.pretrained`` names some."""
+    m = config.model
+    if m.num_classes is not None and m.num_classes != num_classes:
+        raise ValueError(f"config.model.num_classes={m.num_classes}, but the data has "
+                         f"{num_classes} classes; leave model.num_classes unset to use the "
+                         "data's")
+    overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
+    overrides["dtype"] = jnp.dtype(m.dtype)
+    if m.pretrained:
+        loaded = load(m.pretrained, m.name, num_classes=num_classes, **overrides)
+        return loaded.model, loaded
+    return create_model(m.name, num_classes=num_classes, **overrides), None
+
+
+def eval_transform(config: ConfigDict, pretrained: Pretrained | None) -> Transform:
+    """The eval transform: the pretrained weights' own (else ImageNet's), with what
+    ``config.data`` sets."""
+    d = config.data
+    base = pretrained.transform if pretrained else Transform()
+    values = {"size": d.eval_size or d.image_size, "channels": d.channels,
+              "crop_pct": d.crop_pct, "interpolation": d.interpolation, "mean": d.mean,
+              "std": d.std}
+    try:
+        return dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
+    except ValueError as err:
+        raise ValueError(f"{err} (set config.data.mean / std / crop_pct / interpolation)") \
+            from None
 
 
 def _check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1) -> None:
@@ -199,10 +285,12 @@ class _Preemption:
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     """Train (resuming from ``workdir`` when it holds checkpoints); returns the last eval."""
     tf.io.gfile.makedirs(workdir)
-    run = Run(config, workdir, train=True)
+    run = build(config, workdir)
     main = jax.process_index() == 0
     if main:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        write_text(os.path.join(workdir, WORKDIR_MODEL),
+                   json.dumps(native.model_meta(run.model, config.model.name), indent=2))
     state, step = run.initial_state()
     writer, ckpt = MetricWriter(workdir), run.checkpointer
     spe = run.train_data.steps_per_epoch
@@ -257,23 +345,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     if step == run.total_steps and not last_eval:  # rerun of a finished run
         last_eval = run.evaluate(state)
     if main and step == run.total_steps:
-        _export_weights(run, state, os.path.join(workdir, "final_weights.msgpack"))
+        _export_weights(run.pretrained_of(state, last_eval),
+                        os.path.join(workdir, WORKDIR_WEIGHTS))
         write_text(os.path.join(workdir, "final_metrics.json"),
                    json.dumps({"step": step, **last_eval}, indent=2))
     return last_eval
 
 
-def _export_weights(run: Run, state: TrainState, path: str) -> None:
-    """The evaluated weights (EMA when on) in the package's own format, for
-    ``create_model(name, pretrained=path)`` / ``--mode=eval --config.model.pretrained=path``."""
-    params = state.ema_params if run.config.ema_decay > 0 else state.params
-    local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
-                                   {"params": params, "batch_stats": state.batch_stats})
+def _export_weights(trained: Pretrained, path: str) -> None:
+    """Our own weight file, which ``resnext_jax.load(path)`` (or the workdir) reads back."""
     if not is_remote(path):
-        save_weights(path, local, run.model, model_name=run.config.model.name)
+        trained.save(path)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_weights(os.path.join(tmp, "w"), local, run.model, model_name=run.config.model.name)
+        trained.save(os.path.join(tmp, "w"))
         tf.io.gfile.copy(os.path.join(tmp, "w"), path, overwrite=True)
 
 
@@ -306,21 +391,19 @@ def _summarise(history: list[dict], elapsed: float, batch: int) -> dict[str, flo
 def evaluate(config: ConfigDict, workdir: str, step: int | None = None) -> dict[str, float]:
     """Eval-only: a checkpoint of ``workdir`` (the newest, or ``step``), or the pretrained
     weights of ``config.model.pretrained`` when the workdir has no checkpoint."""
-    run = Run(config, workdir, train=False)
+    run = build(config, workdir, train=False)
     try:
-        if step is not None:
-            state, source = run.checkpointer.restore(step, run.abstract_state), f"step {step}"
-        elif (restored := run.checkpointer.restore_latest(run.abstract_state)) is not None:
+        if (restored := run.restore(step)) is not None:
             state, source = restored[0], f"step {restored[1]}"
         elif config.model.pretrained:
-            state, source = run._init(run._rng, run._variables), config.model.pretrained
+            state, source = run.fresh_state(), config.model.pretrained
         else:
             raise FileNotFoundError(
                 f"nothing to evaluate: no checkpoint in {run.checkpointer.directory} and no "
                 "--config.model.pretrained=NAME_OR_FILE")
         metrics = run.evaluate(state)
     finally:
-        run.checkpointer.close()
+        run.close()
     result = {"weights": source, "split": config.data.eval_split, **metrics}
     if jax.process_index() == 0:
         tf.io.gfile.makedirs(workdir)

@@ -1,16 +1,22 @@
-"""PyTorch state dict <-> Flax variables (``params`` and ``batch_stats``) for one model.
+"""PyTorch state dict <-> Flax variables: parameter names per source layout, and shapes.
+
+Three layouts name the same tensors: ``torchvision`` (``conv1``, ``layer1.0.conv2``,
+``downsample.0/1``, ``fc``), ``timm`` (torchvision's names plus the deep stem ``conv1.0..6``,
+the average-pool shortcut ``downsample.1/2`` and SE ``se.fc1/fc2``) and ``legacy`` (Cadene's
+pretrainedmodels and timm's ``legacy_*``: ``layer0.*``, ``se_module.*``, ``last_linear``).
+torchvision's names are a subset of timm's, so one rule set serves both.
 
 The model's own variable tree (from ``jax.eval_shape``, no compute) drives the mapping: every
-Flax leaf has one PyTorch name (:mod:`resnext_jax.weights.layouts`) and one layout change:
-conv kernels ``(out, in/groups, kh, kw)`` <-> ``(kh, kw, in/groups, out)``, linear and SE 1x1
-conv weights <-> Dense kernels ``(in, out)``, BN running stats <-> ``batch_stats``.
+Flax leaf has one PyTorch name and one layout change: conv kernels ``(out, in/groups, kh, kw)``
+<-> ``(kh, kw, in/groups, out)``, linear and SE 1x1 conv weights <-> Dense kernels
+``(in, out)``, BN running stats <-> ``batch_stats``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -18,9 +24,93 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from resnext_jax import zoo
 from resnext_jax.model import ResNet
 from resnext_jax.weights.errors import WeightsError
-from resnext_jax.weights.layouts import detect_layout, model_layout, strip_prefix, torch_name
+
+LAYOUTS = ("torchvision", "timm", "legacy")
+
+# timm's deep stem is ``conv1 = Sequential(conv, bn, act, conv, bn, act, conv)`` then ``bn1``.
+_DEEP_STEM = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4",
+              "conv3": "conv1.6", "bn3": "bn1"}
+_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+         "var": "running_var"}
+_BLOCK = re.compile(r"layer(\d+)_(\d+)$")
+
+
+def layout_family(layout: str) -> str:
+    """``"legacy"`` or ``"resnet"`` (torchvision and timm share their names)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; choose one of {LAYOUTS}")
+    return "legacy" if layout == "legacy" else "resnet"
+
+
+def model_layout(model: ResNet) -> str:
+    """The layout a model's parameters are published in (its default for export)."""
+    if model.stem.startswith("legacy"):
+        return "legacy"
+    plain = model.stem == "7x7" and model.downsample == "conv" and model.se is None
+    return "torchvision" if plain else "timm"
+
+
+def torch_name(path: tuple[str, ...], model: ResNet, layout: str) -> str:
+    """PyTorch state-dict key of the Flax leaf at ``path`` (collection first).
+
+    Example: ``("params", "layer1_0", "se", "fc1", "kernel")`` -> ``"layer1.0.se.fc1.weight"``
+    (timm) or ``"layer1.0.se_module.fc1.weight"`` (legacy).
+    """
+    legacy = layout_family(layout) == "legacy"
+    _, top, *inner, leaf = path
+    if top == "stem":
+        (module,) = inner
+        if legacy:
+            names = ["layer0", module]
+        elif model.stem in ("deep", "deep_tiered"):
+            names = [_DEEP_STEM[module]]
+        else:
+            names = [module]
+    elif top == "fc":
+        names = ["last_linear" if legacy else "fc"]
+    elif match := _BLOCK.match(top):
+        names = [f"layer{match[1]}", match[2], *_block_names(inner, model, legacy)]
+    else:
+        raise KeyError(f"no PyTorch name for Flax variable {'/'.join(path)}")
+    return ".".join([*names, _LEAF[leaf]])
+
+
+def _block_names(inner: list[str], model: ResNet, legacy: bool) -> list[str]:
+    if inner[0] == "se":
+        return ["se_module" if legacy else "se", *inner[1:]]
+    if inner[0] == "downsample":
+        # timm's avg-pool shortcut is Sequential(pool or Identity, conv, bn).
+        offset = 1 if model.downsample == "avg" else 0
+        return ["downsample", str({"conv": 0, "bn": 1}[inner[1]] + offset)]
+    return inner
+
+
+def strip_prefix(keys: Iterable[str]) -> str:
+    """The wrapper prefix shared by every key (``module.`` from DataParallel, ``model.``)."""
+    keys = list(keys)
+    for prefix in ("module.", "model.", "backbone."):
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix + strip_prefix(k[len(prefix):] for k in keys)
+    return ""
+
+
+def detect_layout(keys: Iterable[str]) -> str:
+    """``"legacy"``, ``"timm"`` or ``"torchvision"`` from a state dict's (prefix-free) keys."""
+    keys = set(keys)
+    if any(k.startswith(("layer0.", "last_linear.")) or ".se_module." in k for k in keys):
+        return "legacy"
+    if any(k.startswith("conv1.0.") or ".se.fc1." in k or ".downsample.2." in k for k in keys):
+        return "timm"
+    if "conv1.weight" in keys or any(k.startswith("layer1.0.") for k in keys):
+        return "torchvision"
+    sample = ", ".join(sorted(keys)[:5]) or "(no keys)"
+    raise WeightsError("cannot tell the weight layout: expected torchvision / timm keys such as "
+                     "'conv1.weight' and 'layer1.0.conv1.weight', or legacy SENet keys such as "
+                     f"'layer0.conv1.weight'; the file has {len(keys)} keys, e.g. {sample}")
+
 
 Path = tuple[str, ...]
 DROPPED_SUFFIXES = ("num_batches_tracked",)  # BN step counters: flax has no equivalent
@@ -107,12 +197,6 @@ class LoadReport:
                          + (f", ... (+{more} more)" if more > 0 else ""))
         return "\n".join(lines)
 
-    def summary(self) -> str:
-        lines = [f"source: {self.source}", f"layout: {self.layout}",
-                 f"tensors loaded: {self.loaded}",
-                 f"dropped: {len(self.dropped)} BN num_batches_tracked counters"]
-        return "\n".join(lines + self.notes + ([self.problems()] if not self.ok else []))
-
 
 def _natural(name: str) -> list:
     """Sort key that puts ``layer3.2`` before ``layer3.10``."""
@@ -125,15 +209,14 @@ def _first(names: list[str]) -> str:
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: ResNet, *,
-                  layout: str = "auto", strict: bool = True, skip_head: bool = False,
-                  base: Mapping[str, Any] | None = None, source: str = "state dict",
+                  layout: str = "auto", skip_head: bool = False, source: str = "state dict",
                   model_name: str | None = None) -> tuple[dict[str, Any], LoadReport]:
     """Flax variables of ``model`` from a PyTorch ``state_dict`` (numpy arrays).
 
-    ``layout="auto"`` detects torchvision / timm / legacy from the keys. With ``strict``,
-    any missing, unexpected or shape-mismatched key raises :class:`WeightsError` naming
-    them all and nothing is returned; otherwise those leaves keep their value in ``base``
-    (required then). ``skip_head`` leaves the classifier out (the caller supplies one).
+    ``layout="auto"`` detects torchvision / timm / legacy from the keys. Strict: any
+    missing, unexpected or shape-mismatched key raises :class:`WeightsError` naming them
+    all, and nothing is returned. ``skip_head`` leaves the classifier out (the caller
+    supplies one).
     """
     prefix = strip_prefix(state_dict)
     tensors = {k[len(prefix):]: v for k, v in state_dict.items()}
@@ -165,19 +248,12 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: ResNet, *,
     report.mismatched.sort(key=lambda item: _natural(item[0]))
     report.loaded = len(flat)
     if not report.ok:
-        if strict:
-            raise WeightsError(_mismatch_message(report, model_name, tensors))
-        if base is None:
-            raise ValueError("strict=False needs base variables to keep for the leaves the "
-                             "file does not provide (e.g. model.init(...))")
-        flat = {**flatten_dict(dict(base)), **flat}
+        raise WeightsError(_mismatch_message(report, model_name, tensors))
     return jax.tree_util.tree_map(jnp.asarray, unflatten_dict(flat)), report
 
 
 def _mismatch_message(report: LoadReport, model_name: str | None,
                       tensors: Mapping[str, np.ndarray]) -> str:
-    from resnext_jax.weights.guess import matching_models
-
     target = repr(model_name) if model_name else "the model"
     text = (f"cannot load {report.source} ({report.layout} layout) into {target}; nothing "
             f"was loaded:\n{report.problems()}")
@@ -211,3 +287,39 @@ def flax_to_torch(variables: Mapping[str, Any], model: ResNet, *, layout: str | 
         if with_counters and path[-1] == "mean":
             out[name.replace("running_mean", "num_batches_tracked")] = np.array(0, np.int64)
     return out
+
+
+_BLOCK_KEY = re.compile(r"^layer([1-9])\.(\d+)\.")
+
+
+def depths(keys: list[str]) -> tuple[int, ...]:
+    """Blocks per stage, read from ``layerS.I.`` keys."""
+    found: dict[int, int] = {}
+    for key in keys:
+        if match := _BLOCK_KEY.match(key):
+            stage, index = int(match[1]), int(match[2])
+            found[stage] = max(found.get(stage, 0), index + 1)
+    return tuple(found[s] for s in sorted(found))
+
+
+def matching_models(tensors: Mapping[str, np.ndarray], layout: str) -> list[str]:
+    """Registered names whose every backbone tensor has the file's name and shape (the
+    classifier may differ), e.g. ``["seresnext50_32x4d"]``."""
+    family = layout_family(layout)
+    stages = depths(list(tensors))
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()
+              if not k.endswith("num_batches_tracked")}
+    found = []
+    for name in zoo.list_models():
+        kwargs = zoo.get_entry(name).kwargs
+        if tuple(kwargs.get("layers", ())) != stages:
+            continue
+        model = zoo.create_model(name, num_classes=0)
+        if layout_family(model_layout(model)) != family:
+            continue
+        wanted = {torch_name(p, model, layout): torch_shape(s.shape, _kind(p, len(s.shape)))
+                  for p, s in flax_shapes(model).items()}
+        backbone = {k: v for k, v in shapes.items() if not k.startswith(("fc.", "last_linear."))}
+        if wanted == backbone:
+            found.append(name)
+    return found
