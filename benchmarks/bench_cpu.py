@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import jit, make_steps, median_seconds, model_gflops, table, time_model  # noqa: E402
+from common import (  # noqa: E402
+    jit,
+    make_steps,
+    median_seconds,
+    model_gflops,
+    table,
+    time_model,
+    train_state,
+)
 
 import resnext_jax as rx  # noqa: E402
 from resnext_jax import ops  # noqa: E402
@@ -92,10 +100,9 @@ def compile_seconds(name: str, lowering: str, dtype, batch: int) -> float:
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     tx = optax.sgd(0.1, momentum=0.9)
     _, train = make_steps(model, tx)
-    opt_state = jax.eval_shape(tx.init, variables["params"])
+    state = jax.eval_shape(lambda v: train_state(model, tx, v), variables)
     start = time.perf_counter()
-    train.lower(variables["params"], variables["batch_stats"], opt_state, images,
-                labels).compile()
+    train.lower(state, {"image": images, "label": labels}).compile()
     return time.perf_counter() - start
 
 

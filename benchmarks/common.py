@@ -9,10 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh
 
 import resnext_jax as rx
+from resnext_jax.train.steps import DATA_AXIS, TrainState, create_state, make_train_step
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -46,7 +48,8 @@ def jit(fn: Callable, *, train: bool, options: dict | None = None):
 
 
 def make_steps(model, tx: optax.GradientTransformation, options: dict | None = None):
-    """Jitted inference and SGD training steps (BatchNorm in train mode, new stats returned).
+    """Jitted inference (``(variables, images)``) and the trainer's own train step
+    (``(state, batch) -> (state, metrics)``, BatchNorm in train mode, on one device).
 
     ``options``: XLA compiler options for both (default: ``rx.compiler_options(train=...)``).
     """
@@ -55,21 +58,16 @@ def make_steps(model, tx: optax.GradientTransformation, options: dict | None = N
     def infer(variables, images):
         return model.apply(variables, images, train=False)
 
-    def loss_fn(params, batch_stats, images, labels):
-        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                      train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), labels).mean()
-        return loss, updates["batch_stats"]
-
-    @functools.partial(jit, train=True, options=options)
-    def train(params, batch_stats, opt_state, images, labels):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, images, labels)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
+    mesh = Mesh(np.array(jax.devices()[:1]), (DATA_AXIS,))
+    step = make_train_step(model, tx, optax.constant_schedule(0.0), num_classes=model.num_classes,
+                           label_smoothing=0.0, ema_decay=0.0, accum_steps=1, seed=0, mesh=mesh)
+    train = jax.jit(step, donate_argnums=0, compiler_options=rx.compiler_options(train=True)
+                    if options is None else options)
     return infer, train
+
+
+def train_state(model, tx: optax.GradientTransformation, variables) -> TrainState:
+    return create_state(model, tx, None, (), ema=False, variables=variables)
 
 
 def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence[str],
@@ -89,18 +87,15 @@ def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence
                                  repeats)
         out["infer_img_s"] = batch / seconds
     if "train" in modes:
-        params, stats = variables["params"], variables["batch_stats"]
-        opt_state = tx.init(params)
+        state, batch_ = train_state(model, tx, variables), {"image": images, "label": labels}
         start = time.perf_counter()
-        compiled = train.lower(params, stats, opt_state, images, labels).compile()
+        compiled = train.lower(state, batch_).compile()
         out["train_compile_s"] = time.perf_counter() - start
-        state = compiled(params, stats, opt_state, images, labels)
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(compiled(state, batch_))[0]
 
         def step():
             nonlocal state
-            state = compiled(*state[:3], images, labels)
-            jax.block_until_ready(state)
+            state = jax.block_until_ready(compiled(state, batch_))[0]
 
         out["train_img_s"] = batch / median_seconds(step, repeats)
     return out

@@ -27,7 +27,7 @@ import jax
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build, make_steps  # noqa: E402
+from common import build, make_steps, train_state  # noqa: E402
 
 
 def main():
@@ -44,11 +44,11 @@ def main():
                                              args.batch)
     tx = optax.sgd(0.1, momentum=0.9)
     _, train = make_steps(model, tx)
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-    state = jax.block_until_ready(train(*state, images, labels))[:3]  # compile + warm-up
+    batch = {"image": images, "label": labels}
+    state = jax.block_until_ready(train(train_state(model, tx, variables), batch))[0]  # warm-up
 
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    state = jax.block_until_ready(train(*state, images, labels))[:3]
+    state = jax.block_until_ready(train(state, batch))[0]
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     print(f"{args.model}, {args.lowering}, batch {args.batch}: step {seconds:.2f} s; "
           f"{after.ru_minflt - before.ru_minflt:,} page faults, "
@@ -58,10 +58,10 @@ def main():
 
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            jax.block_until_ready(train(*state, images, labels))
+            state = jax.block_until_ready(train(state, batch))[0]
         trace, = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
         events = json.load(gzip.open(trace))["traceEvents"]
-    hlo = train.lower(*state, images, labels).compile().as_text()
+    hlo = train.lower(state, batch).compile().as_text()
     bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
     calls = dict(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?calls=(%[\w.\-]+)", hlo, re.M))
     by_kind, heavy = collections.Counter(), 0.0

@@ -1,4 +1,7 @@
-"""Train or evaluate: ``python -m resnext_jax.main --config=configs/NAME.py --workdir=DIR``.
+"""Train or evaluate: ``python -m resnext_jax.main --config=NAME --workdir=DIR``.
+
+``NAME`` is a packaged config (``digits``, ``finetune``, ``seresnext50_32x4d`` ...: the
+repository's ``configs/``) or a config file.
 
 Overrides: ``--config.batch_size=512 --config.optimizer.base_lr=0.2``. Rerunning the same
 command resumes from the newest checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint
@@ -20,7 +23,8 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "configs/NAME.py", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "a config name (digits, finetune, ...) or a "
+                                "file (configs/NAME.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes) or eval only")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: newest)")
@@ -68,10 +72,25 @@ def main(argv: list[str]) -> None:
         print(json.dumps(result))
 
 
+def _resolve_config(argv: list[str]) -> list[str]:
+    """``--config=digits``: a packaged config by name, from any working directory."""
+    from resnext_jax.train.config import config_path
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl parsing, with a one-line message for a config key that does not exist."""
     try:
-        return FLAGS(argv)
+        return FLAGS(_resolve_config(argv))
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
     except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict
         text = str(e.args[0] if e.args else e).replace("\\n", " ")  # nested reprs
         key = " ".join(text.replace("\\", "").replace("'", "").split())

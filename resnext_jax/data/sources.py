@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ try:
 except RuntimeError:  # TensorFlow was initialised before this import: too late to change
     logging.warning("TensorFlow already initialised its devices; it may hold GPU memory")
 
+_SLICE = re.compile(r"(?P<name>\w+)(?P<slice>\[(?P<start>\d*)%?:(?P<stop>\d*)%?\])?")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 EMBEDDED = ("sklearn_digits",)  # built locally on first use, no download
 
@@ -60,8 +62,27 @@ class Source:
         if self._builder is not None:
             sub = tfds.even_splits(split, num_shards)[shard]
             return self._builder.info.splits[sub].num_examples
-        lo, hi = _bounds(len(self._files[split][0]), shard, num_shards)
+        lo, hi = _bounds(len(self._folder_split(split)[0]), shard, num_shards)
         return hi - lo
+
+    def _folder_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A folder's split, or a slice of it such as ``train[:80%]`` / ``train[80%:]``,
+        taken class by class (each class keeps its share; files in sorted order)."""
+        match = _SLICE.fullmatch(split)
+        if match is None:
+            raise ValueError(f"split {split!r} of folder {self.name}: use a split name or a "
+                             "percent slice such as 'train[:80%]'")
+        paths, labels = self._files[match["name"]]
+        if match["slice"] is None:
+            return paths, labels
+        start, stop = (int(v) if v else d for v, d in ((match["start"], 0),
+                                                        (match["stop"], 100)))
+        keep = np.zeros(len(paths), bool)
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            n = len(members)
+            keep[members[n * start // 100:n * stop // 100]] = True
+        return paths[keep], labels[keep]
 
     def read(self, split: str, shard: int = 0, num_shards: int = 1,
              shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -74,7 +95,7 @@ class Source:
                 split=sub, shuffle_files=shuffle_seed is not None, read_config=config,
                 decoders={"image": tfds.decode.SkipDecoding()})
             return ds.map(lambda e: {"image": e["image"], "label": e["label"]})
-        paths, labels = self._files[split]
+        paths, labels = self._folder_split(split)
         lo, hi = _bounds(len(paths), shard, num_shards)
         paths, labels = paths[lo:hi], labels[lo:hi]
         if shuffle_seed is not None:  # a folder is small enough to shuffle fully
@@ -101,10 +122,15 @@ def _bounds(n: int, shard: int, num_shards: int) -> tuple[int, int]:
 def open_source(name: str, *, data_dir: str | None = None, manual_dir: str | None = None,
                 bad_images: str = "skip") -> Source:
     """``name`` is a TFDS name (``imagenet2012``, ``cifar10``, ``sklearn_digits`` ...) or a
-    directory with one subfolder per class (optionally ``train/`` and ``test/`` inside)."""
+    directory with one subfolder per class (optionally ``train/`` and ``test/`` inside; a
+    flat folder is the ``train`` split, and ``train[:80%]`` / ``train[80%:]`` split it class
+    by class)."""
     if bad_images not in ("skip", "fail"):
         raise ValueError(f"data.bad_images={bad_images!r}; use 'skip' (count and leave out "
                          "unreadable images) or 'fail'")
+    if not name:
+        raise DatasetNotFoundError("no dataset named: set --config.data.name to a TFDS name or "
+                                   "a folder of class subfolders")
     if os.path.isdir(name):
         return _open_folder(name, bad_images)
     try:

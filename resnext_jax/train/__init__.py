@@ -2,6 +2,7 @@
 model, optimizer, jitted per-device steps, orbax checkpoints); ``train_and_evaluate`` and
 ``evaluate`` run it as the CLI does; ``restore(workdir)`` reopens a run."""
 
+import resnext_jax.data  # noqa: F401  (first: it says which extras are missing)
 from resnext_jax.train.checkpoint import Checkpointer, CheckpointError
 from resnext_jax.train.config import config_from_json, default_config
 from resnext_jax.train.steps import TrainState

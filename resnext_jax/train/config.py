@@ -5,7 +5,9 @@ The config is locked: a key that is not here (a typo) is an error, not a silent 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -101,3 +103,43 @@ def _update(config: ml_collections.ConfigDict, values: dict, prefix: str) -> Non
             _update(config[key], value, f"{prefix}{key}.")
         else:
             config[key] = tuple(value) if isinstance(value, list) else value
+
+
+def config_path(name: str) -> str:
+    """The file of a config: a path to one, or a name such as ``digits`` (``digits.py``)
+    among the configs installed with the package (the repository's ``configs/``)."""
+    if os.path.isfile(name):
+        return name
+    stem = os.path.basename(name).removesuffix(".py")
+    folder = config_folder()
+    candidate = os.path.join(folder, stem + ".py")
+    if stem == name.removesuffix(".py").removeprefix("configs/") and os.path.isfile(candidate):
+        return candidate
+    known = ", ".join(list_configs())
+    raise FileNotFoundError(f"no config {name!r}: give a file path or one of {known}")
+
+
+def config_folder() -> str:
+    """Where the packaged configs are: ``resnext_jax.configs`` when installed (the
+    repository's ``configs/`` folder), else that folder beside the package."""
+    try:
+        from importlib.resources import files
+
+        return str(files("resnext_jax.configs"))
+    except ModuleNotFoundError:
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "configs")
+
+
+def list_configs() -> list[str]:
+    folder = config_folder()
+    return sorted(f.removesuffix(".py") for f in os.listdir(folder)
+                  if f.endswith(".py") and not f.startswith("_")) if os.path.isdir(folder) else []
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file or packaged config name (see :func:`config_path`)."""
+    spec = importlib.util.spec_from_file_location("resnext_jax_config", config_path(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -84,7 +84,8 @@ class Trainer:
             self.num_classes = self.source.num_classes
         self.model, self.pretrained = model_from_config(config, self.num_classes)
         self.transform = eval_transform(config, self.pretrained)
-        self.cfg = PretrainedCfg(f"{config.model.name}.{os.path.basename(workdir.rstrip('/'))}",
+        name = config.model.name or self.pretrained.cfg.model
+        self.cfg = PretrainedCfg(f"{name}.{os.path.basename(workdir.rstrip('/'))}",
                                  None, None, self.transform, self.num_classes, origin=workdir)
         self.model = self.model.clone(pretrained_cfg=self.cfg)
         if d.name == "synthetic":
@@ -222,6 +223,9 @@ def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pre
     """``config.model``'s zoo model for ``num_classes`` classes, with the ResNet fields the
     config sets; loaded with its weights when ``model.pretrained`` names some."""
     m = config.model
+    if not m.name and not m.pretrained:
+        raise ValueError("config.model.name is empty: name a zoo model (resnext_jax."
+                         "list_models()), or set model.pretrained to weights that name theirs")
     if m.num_classes is not None and m.num_classes != num_classes:
         raise ValueError(f"config.model.num_classes={m.num_classes}, but the data has "
                          f"{num_classes} classes; leave model.num_classes unset to use the "
@@ -229,7 +233,7 @@ def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pre
     overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
     overrides["dtype"] = jnp.dtype(m.dtype)
     if m.pretrained:
-        loaded = load(m.pretrained, m.name, num_classes=num_classes, **overrides)
+        loaded = load(m.pretrained, m.name or None, num_classes=num_classes, **overrides)
         return loaded.model, loaded
     return create_model(m.name, num_classes=num_classes, **overrides), None
 
@@ -290,7 +294,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     if main:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
         write_text(os.path.join(workdir, WORKDIR_MODEL),
-                   json.dumps(native.model_meta(run.model, config.model.name), indent=2))
+                   json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
     state, step = run.initial_state()
     writer, ckpt = MetricWriter(workdir), run.checkpointer
     spe = run.train_data.steps_per_epoch
