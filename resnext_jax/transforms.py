@@ -21,7 +21,7 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +130,7 @@ def render(image: Any, transform: Transform) -> np.ndarray:
     """Resize and center-crop a Pillow image; ``(size, size, channels)`` 0-255 floats."""
     from PIL import Image
 
-    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
-                "bicubic": Image.BICUBIC}[transform.interpolation]
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[transform.interpolation]
     height, width = image.size[1], image.size[0]
     new_h, new_w = transform.resized_shape(height, width)
     image = image.resize((new_w, new_h), resample)

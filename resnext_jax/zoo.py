@@ -182,9 +182,11 @@ register("tiny_legacy_seresnext", TINY, **{**_TINY, **_LEGACY_SERESNEXT})
 register("tiny_legacy_senet", TINY, **{**_TINY, "block": "senet154", "se": "legacy",
                                        "stem": "legacy_deep", "stem_width": 16,
                                        "stem_features": 32, "downsample": "conv3x3"})
-register("digits_seresnext", "the README's main job: SE-ResNeXt for 8x8 grey digits",
-         layers=(1, 1, 1), stage_planes=(16, 32, 64), stem="cifar", stem_features=16,
-         cardinality=8, base_width=16, se="timm", in_chans=1, num_classes=10)
+# The README's main job: small (SE-)ResNeXts for 8x8 grey digits.
+_DIGITS = dict(layers=(1, 1, 1), stage_planes=(16, 32, 64), stem="cifar", stem_features=16,
+               cardinality=8, base_width=16, in_chans=1, num_classes=10)
+register("digits_seresnext", "SE-ResNeXt for 8x8 grey digits", se="timm", **_DIGITS)
+register("digits_resnext", "ResNeXt for 8x8 grey digits", **_DIGITS)
 register("tiny_resnext_cifar", TINY, layers=(1, 1, 1), stage_planes=(16, 32, 64),
          stem="cifar", stem_features=16, cardinality=4, base_width=16, num_classes=10)
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from resnext_jax import data
+from resnext_jax.transforms import Transform
 
 SPLITS = {"train": 50, "validation": 23}
 
@@ -52,7 +53,7 @@ def imagenet(tmp_path):
         yield data.open_source("imagenet2012", data_dir=data_dir)
 
 
-PREP = data.Preprocess(image_size=32, crop_pct=0.875)
+PREP = data.Preprocess(Transform(size=32), image_size=32)
 
 
 def _train(source, *, shards=2, process=0, processes=1, batch=8, seed=0, **kw):
@@ -136,15 +137,15 @@ def test_inception_crop_and_center_crop_geometry():
     image = np.zeros((60, 100, 3), np.uint8)
     image[:, 20:80] = 255  # a centred 60x60 white square; the eval crop (0.875) is inside it
     example = {"image": tf.io.encode_png(image), "label": tf.constant(3, tf.int64)}
-    prep = data.Preprocess(image_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    prep = data.Preprocess(Transform(size=16, mean=(0, 0, 0), std=(1, 1, 1)), image_size=16)
     out = prep.eval(example)
     assert out["image"].shape == (16, 16, 3) and int(out["label"]) == 3
-    np.testing.assert_allclose(out["image"].numpy(), 255.0)
+    np.testing.assert_allclose(out["image"].numpy(), 1.0)
     crops = [prep.train(example, tf.constant([7, i], tf.int64))["image"].numpy()
              for i in range(20)]
     assert all(c.shape == (16, 16, 3) for c in crops)
     assert len({c.tobytes() for c in crops}) > 10  # random area / aspect / flip
-    assert any(c.min() == 0 for c in crops) and all(c.max() == 255 for c in crops)
+    assert any(c.min() == 0 for c in crops) and all(c.max() == 1.0 for c in crops)
     np.testing.assert_array_equal(crops[0], prep.train(example, tf.constant([7, 0],
                                                                             tf.int64))["image"])
 
@@ -152,8 +153,8 @@ def test_inception_crop_and_center_crop_geometry():
 def test_cifar_pad_crop_shifts_by_at_most_pad():
     image = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1) % 251
     example = {"image": tf.io.encode_png(image.astype(np.uint8)), "label": tf.constant(0)}
-    prep = data.Preprocess(image_size=32, channels=1, train_kind="pad_crop", pad=4, flip=False,
-                           mean=(0,), std=(1,))
+    prep = data.Preprocess(Transform(size=32, channels=1, mean=(0,), std=(1 / 255,)),
+                           image_size=32, train_kind="pad_crop", pad=4, flip=False)
     out = prep.train(example, tf.constant([1, 2], tf.int64))["image"].numpy()[..., 0]
     shifts = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
               if np.array_equal(out[8:24, 8:24], image[8 + dy:24 + dy, 8 + dx:24 + dx, 0])]
@@ -219,8 +220,9 @@ def test_embedded_digits_builds_offline(tmp_path):
     assert source.num_examples("train") == 1437 and source.num_examples("test") == 360
     train, test = _decode_labels(source, "train"), _decode_labels(source, "test")
     assert np.bincount(test).min() >= 35  # stratified
-    prep = data.Preprocess(image_size=8, channels=1, train_kind="pad_crop",
-                           eval_kind="resize", pad=1, flip=False, mean=(127.5,), std=(127.5,))
+    prep = data.Preprocess(Transform(size=8, crop_pct=1.0, channels=1, mean=(0.5,),
+                                     std=(0.5,)),
+                           image_size=8, train_kind="pad_crop", pad=1, flip=False)
     ed = data.EvalData(source, "test", prep, global_batch=64, process_index=0,
                        process_count=1, cache=True)
     batches = list(ed)

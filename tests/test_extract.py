@@ -12,7 +12,7 @@ import resnext_jax as rx
 from resnext_jax import extract as ex
 
 SIZE = 32
-PRE = ex.Preprocess(size=SIZE, crop_pct=0.8)
+PRE = rx.Transform(size=SIZE, crop_pct=0.8)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,13 @@ READABLE = ["a.png", "b.jpg", "c.gif", "d.bmp", "sub/e.webp"]
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """A locally made weight file standing in for downloaded weights (1000 classes)."""
+    """A locally made weight file standing in for downloaded weights (1000 classes), which
+    carries its transform (SIZE, crop 0.8)."""
     model = rx.create_model("tiny_seresnext", num_classes=1000, zero_init_last=False)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
     path = tmp_path_factory.mktemp("w") / "tiny.msgpack"
-    rx.save_weights(path, variables, model, model_name="tiny_seresnext")
+    cfg = rx.PretrainedCfg("tiny_seresnext.test", None, None, PRE)
+    rx.Pretrained(model, variables, cfg, None).save(path)
     return model, variables, path
 
 
@@ -57,46 +59,45 @@ def test_list_images_and_load_image(images):
     with pytest.raises(FileNotFoundError, match="no such file"):
         ex.list_images([images / "missing"])
     for name in READABLE:
-        assert ex.load_image(images / name, PRE).shape == (SIZE, SIZE, 3)
+        assert rx.load_image(images / name, PRE).shape == (SIZE, SIZE, 3)
     for name in ("notes.txt", "broken.jpg"):
         with pytest.raises(ex.ImageError, match="not a readable image"):
-            ex.load_image(images / name, PRE)
+            rx.load_image(images / name, PRE)
 
 
-def test_preprocess_resizes_short_side_and_center_crops(tmp_path):
-    # Column index encoded in red: after nearest resize 80x40 -> 40x20 and a 20-wide center
-    # crop (left offset 10), output column j shows source column 2 * (10 + j) + 1.
-    row = np.arange(80, dtype=np.uint8)
-    image = np.stack(np.broadcast_arrays(row[None, :], np.zeros((40, 1), np.uint8),
-                                         np.full((40, 1), 255, np.uint8)), -1)
-    Image.fromarray(image.astype(np.uint8)).save(tmp_path / "wide.png")
-    pre = ex.Preprocess(size=20, crop_pct=1.0, interpolation="nearest", mean=(0, 0, 0),
-                        std=(1, 1, 1))
-    out = ex.load_image(tmp_path / "wide.png", pre)
+def test_transform_resizes_short_side_and_center_crops(tmp_path):
+    # 80x40, left half black, right half white: the shorter side to 20 (40x20), then the
+    # central 20 columns (offset 10) keep the edge in the middle.
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 40:] = 255
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    transform = rx.Transform(size=20, crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    out = rx.load_image(tmp_path / "wide.png", transform)
     assert out.shape == (20, 20, 3)
-    np.testing.assert_allclose(out[0, :, 0] * 255, 2 * (10 + np.arange(20)) + 1, atol=1e-4)
-    np.testing.assert_allclose(out[..., 2], 1.0)
+    np.testing.assert_allclose(out[:, :9], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, 11:], 1.0, atol=1e-6)
     # Normalisation: a flat grey image becomes (v / 255 - mean) / std exactly.
     Image.new("RGB", (50, 30), (51, 102, 153)).save(tmp_path / "flat.png")
-    flat = ex.load_image(tmp_path / "flat.png", PRE)
-    expected = (np.array([51, 102, 153]) / 255 - np.array(ex.IMAGENET_MEAN)) / ex.IMAGENET_STD
+    flat = rx.load_image(tmp_path / "flat.png", PRE)
+    mean, std = np.array(rx.transforms.IMAGENET_MEAN), np.array(rx.transforms.IMAGENET_STD)
+    expected = (np.array([51, 102, 153]) / 255 - mean) / std
     np.testing.assert_allclose(flat, np.broadcast_to(expected, flat.shape), rtol=1e-5)
 
 
-def test_preprocessing_comes_from_the_weights_config(weights, tmp_path):
+def test_transform_comes_from_the_weights(weights, tmp_path):
     parser = ex.build_parser()
-    hub = parser.parse_args(["--model", "seresnext50_32x4d", "--pretrained",
-                             "timm/seresnext50_32x4d.racm_in1k", "x", "--out", "o.npz"])
-    assert ex._preprocess_for(hub) == ex.Preprocess(224, 0.875, "bicubic")
-    model, variables, _ = weights
+    model, variables, path = weights
+    args = parser.parse_args(["--pretrained", str(path), "x", "--out", "o.npz"])
+    assert ex._transform_for(args, rx.load(path).model) == PRE
     tagged = tmp_path / "tagged.msgpack"
-    rx.save_weights(tagged, variables, model, pretrained="resnext50_32x4d.tv2_in1k")
-    args = parser.parse_args(["--model", "m", "--pretrained", str(tagged), "x", "--topk", "1",
+    rx.Pretrained(model, variables, rx.get_pretrained_cfg("resnext50_32x4d.tv2_in1k"),
+                  None).save(tagged)
+    args = parser.parse_args(["--pretrained", str(tagged), "x", "--topk", "1",
                               "--input-size", "64"])
-    assert ex._preprocess_for(args) == ex.Preprocess(64, 224 / 232, "bilinear")
-    assert ex.preprocess_for(True, "seresnext26d_32x4d") == ex.Preprocess(224, 0.875, "bicubic")
-    assert ex.preprocess_for(None, "seresnext50_32x4d") is None
-    assert ex.preprocess_for("timm/unknown_model.x", "seresnext50_32x4d") is None
+    assert ex._transform_for(args, rx.load(tagged).model) == rx.Transform(64, 224 / 232)
+    seresnext = rx.create_model("seresnext50_32x4d")  # its default weights' transform
+    assert ex._transform_for(parser.parse_args(["x", "--topk", "1"]), seresnext) == \
+        rx.Transform(224, 0.875, "bicubic")
 
 
 def _spy_forward(monkeypatch, fail_on_call=None):
@@ -133,7 +134,7 @@ def test_cli_features_match_the_model_and_unreadable_files_are_skipped(
         assert data["files"].tolist() == files
         assert sorted(data["skipped"].tolist()) == [str(images / "broken.jpg"),
                                                     str(images / "notes.txt")]
-        batch = np.stack([ex.load_image(f, PRE) for f in files])
+        batch = np.stack([rx.load_image(f, PRE) for f in files])
         expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
             m.forward_features(x)["layer4"], pre_logits=True)))(variables, batch)
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
@@ -190,7 +191,7 @@ def test_topk_prints_imagenet_labels(images, weights, tmp_path, capsys):
              str(images / "a.png"), "--topk", "3", "--input-size", str(SIZE), "--crop-pct",
              "0.8", "--no-progress"])
     line = capsys.readouterr().out.strip()
-    logits = jax.jit(model.apply)(variables, ex.load_image(images / "a.png", PRE)[None])
+    logits = jax.jit(model.apply)(variables, rx.load_image(images / "a.png", PRE)[None])
     index, prob = ex.topk(np.asarray(logits), 3)
     names = [n.split(",")[0] for n in ex.imagenet_labels()]
     assert line == f"{images / 'a.png'}: " + ", ".join(
@@ -228,25 +229,28 @@ def test_errors_name_the_problem(weights, images, tmp_path):
     assert ex._label_names(None, 3) == ["0", "1", "2"]
 
 
-def test_grey_models_read_grey_images(images, tmp_path):
-    """A one-channel model (the digits model) gets grey inputs and its own mean / std."""
+def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path, capsys):
+    """A one-channel model (like the digits model) whose file carries its transform needs no
+    flags; a stage it does not have is a one-line usage error."""
     model = rx.create_model("tiny_resnext_cifar", in_chans=1)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     path = tmp_path / "grey.msgpack"
-    rx.save_weights(path, variables, model)
+    grey_t = rx.Transform(8, 1.0, mean=(0.5,), std=(0.5,), channels=1)
+    rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_resnext_cifar.grey", None, None,
+                                                     grey_t), None).save(path)
     out = tmp_path / "grey.npz"
-    args = ["--pretrained", str(path), str(images / "b.jpg"),  # the file names the model
-            "--out", str(out), "--input-size", "8", "--crop-pct", "1", "--no-progress"]
-    with pytest.raises(ValueError, match="1-channel input needs 1 mean and std"):
-        ex.main(args)
-    ex.main([*args, "--mean", "0.5", "--std", "0.5"])
-    with pytest.raises(SystemExit):  # without a .msgpack, --model is needed
-        ex.main(["--pretrained", "timm/seresnext50_32x4d.racm_in1k", "x", "--topk", "1"])
-    pre = ex.Preprocess(8, 1.0, mean=(0.5,), std=(0.5,), channels=1)
-    grey = ex.load_image(images / "b.jpg", pre)
+    assert ex.main(["--pretrained", str(path), str(images / "b.jpg"), "--out", str(out),
+                    "--no-progress"]) == 0
+    assert "ImageNet" not in capsys.readouterr().err  # no note about default transforms
+    grey = rx.load_image(images / "b.jpg", grey_t)
     assert grey.shape == (8, 8, 1)
     expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
         m.forward_features(x)["layer3"], pre_logits=True)))(variables, grey[None])
     with np.load(out) as data:
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
-
+    with pytest.raises(SystemExit) as stop:
+        ex.main(["--pretrained", str(path), str(images / "b.jpg"), "--out", str(out),
+                 "--layer", "layer4"])
+    assert stop.value.code == 2
+    assert "--layer layer4: this model has pre_logits, logits, stem, layer1, layer2, layer3" \
+        in capsys.readouterr().err

@@ -153,25 +153,19 @@ def test_eval_step_ignores_padding():
 
 
 def test_synthetic_throughput_config_runs_in_process(tmp_path):
-    import importlib.util
 
     from resnext_jax.train import train_and_evaluate
 
-    spec = importlib.util.spec_from_file_location("synthetic", "configs/synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.model.name, config.data.image_size = "tiny_seresnext", 32
-    config.batch_size = config.eval_batch_size = 8
+    config = _synthetic()
     config.num_train_steps, config.log_every_steps = 3, 1
     config.model.dtype = "bfloat16"  # compute; parameters stay float32
     result = train_and_evaluate(config, str(tmp_path))
     assert set(result) == {"eval/loss", "eval/top1", "eval/top5"}
     assert np.isfinite(result["eval/loss"])
-    from resnext_jax.weights import read_weights
+    import resnext_jax as rx
 
-    _, variables = read_weights(tmp_path / "final_weights.msgpack")
-    assert variables["params"]["fc"]["kernel"].dtype == np.float32
+    trained = rx.load(tmp_path)
+    assert trained.variables["params"]["fc"]["kernel"].dtype == np.float32
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if "train/images_per_sec" in line]) == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
@@ -200,3 +194,55 @@ def test_metric_lines_append_locally_and_on_object_stores(tmp_path):
         append_line(path, '{"step": 1}')
         append_line(path, '{"step": 2}')
         assert tf.io.gfile.GFile(path).read() == '{"step": 1}\n{"step": 2}\n'
+
+
+def _synthetic(**model):
+    from resnext_jax.train.config import get_config
+
+    config = get_config("synthetic")
+    config.model.name, config.data.image_size = "tiny_seresnext", 32
+    config.batch_size = config.eval_batch_size = 8
+    config.model.update(model)
+    return config
+
+
+def test_config_num_classes_sets_the_head(tmp_path):
+    """config.model.num_classes used to crash (twice the keyword) or be ignored."""
+    from resnext_jax import train
+
+    trainer = train.build(_synthetic(num_classes=7), str(tmp_path))
+    assert trainer.num_classes == trainer.model.num_classes == 7
+    trainer.close()
+    config = train.get_config("digits")
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.model.num_classes = 10  # the data's: fine
+    trainer = train.build(config, str(tmp_path / "ok"))
+    assert trainer.model.num_classes == 10
+    trainer.close()
+    config.model.num_classes = 5
+    with pytest.raises(ValueError, match="num_classes=5, but the data has 10 classes"):
+        train.build(config, str(tmp_path / "bad"))
+
+
+def test_train_from_freezes_the_earlier_parts(tmp_path):
+    """Stages before train_from keep their parameters and BatchNorm statistics."""
+    from resnext_jax import train
+
+    trainer = train.build(_synthetic(train_from="layer3"), str(tmp_path))
+    state = trainer.fresh_state()
+    batch = trainer.global_batch(next(trainer.train_data.iterate(0)))
+    new, metrics = trainer.train_step(jax.tree_util.tree_map(jnp.copy, state), batch)
+    trainer.close()
+    assert bool(metrics["finite"])
+    for part in ("stem", "layer1_0", "layer2_0"):
+        for a, b in zip(jax.tree_util.tree_leaves(state.params[part]),
+                        jax.tree_util.tree_leaves(new.params[part]), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=part)
+        for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats[part]),
+                        jax.tree_util.tree_leaves(new.batch_stats[part]), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=part)
+    def kernel(params, part):
+        return params[part]["kernel"] if part == "fc" else params[part]["conv1"]["kernel"]
+
+    for part in ("layer3_0", "layer4_0", "fc"):
+        assert not np.array_equal(kernel(state.params, part), kernel(new.params, part)), part

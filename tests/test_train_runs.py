@@ -18,11 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import resnext_jax as rx
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.stage_planes=(8, 16, 32)", "--config.model.stem_features=8",
-        "--config.model.cardinality=4", "--config.model.base_width=32",
-        "--config.batch_size=16", "--config.eval_batch_size=48", "--config.log_every_steps=1",
-        "--config.eval_every_epochs=0", "--config.data.num_shards=2"]
+SMALL = ["--config.batch_size=16", "--config.eval_batch_size=48", "--config.log_every_steps=1",
+         "--config.eval_every_epochs=0", "--config.data.num_shards=2"]
 
 
 def _env(devices: int = 1, **extra: str) -> dict[str, str]:
@@ -32,8 +32,8 @@ def _env(devices: int = 1, **extra: str) -> dict[str, str]:
 
 
 def _cmd(workdir, *overrides: str, steps: int = 8, every: int = 4) -> list[str]:
-    return [sys.executable, "-m", "resnext_jax.main", "--config=configs/digits.py",
-            f"--workdir={workdir}", *TINY, f"--config.num_train_steps={steps}",
+    return [sys.executable, "-m", "resnext_jax.main", "--config=digits",
+            f"--workdir={workdir}", *SMALL, f"--config.num_train_steps={steps}",
             f"--config.checkpoint.every_steps={every}", *overrides]
 
 
@@ -102,6 +102,13 @@ def test_reference_run_writes_metrics_checkpoints_and_progress(reference):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
     assert "8/8" in result.stderr  # the tqdm bar
+    # What the README shows: the run's weights load back with one call, with their model
+    # (the config's name) and eval transform (8x8 grey, [-1, 1]).
+    for source in (workdir, os.path.join(workdir, "final_weights.msgpack")):
+        trained = rx.load(source)
+        assert trained.cfg.model == "digits_seresnext"
+        assert trained.transform == rx.Transform(8, 1.0, mean=(0.5,), std=(0.5,), channels=1)
+        assert trained.cfg.top1 == pytest.approx(100 * final["eval/top1"])
     # A second run of the same command finds the finished run and only evaluates.
     again = _ok(_run(_cmd(workdir)))
     assert "resuming from step 8" in again.stderr
@@ -266,7 +273,7 @@ def test_eval_only_with_exported_weights_reproduces_the_final_eval(tmp_path, ref
 def test_checkpoints_of_another_model_stop_the_run_untouched(tmp_path, reference):
     workdir = str(tmp_path / "w")
     shutil.copytree(reference[0], workdir)
-    result = _run(_cmd(workdir, "--config.model.cardinality=2", steps=12))
+    result = _run(_cmd(workdir, "--config.model.name=digits_resnext", steps=12))
     assert result.returncode == 1
     assert "holds a different model" in result.stderr and "new --workdir" in result.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]

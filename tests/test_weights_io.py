@@ -1,4 +1,5 @@
-"""Weight files, Hub ids, strict mapping errors, heads, our own format and the round trip."""
+"""Weight files, Hub ids, strict mapping errors, heads, our own format and the round trip:
+everything through ``resnext_jax.load`` and :class:`resnext_jax.Pretrained`."""
 
 from __future__ import annotations
 
@@ -18,18 +19,15 @@ from weight_fixtures import FIXTURES, MANIFEST, fixture_model, fixture_state
 
 import resnext_jax as rx
 from resnext_jax.weights import (
-    PRETRAINED,
     WeightsError,
     WeightsFileError,
     detect_layout,
-    export_torch,
     flax_to_torch,
-    load_pretrained,
     read_state_dict,
-    resolve_hub,
     torch_to_flax,
     write_safetensors,
 )
+from resnext_jax.weights.hub import resolve_hub
 
 FIXTURE = "timm_seresnext"
 FIXTURE_FILE = os.path.join(FIXTURES, f"{FIXTURE}.safetensors")
@@ -65,11 +63,10 @@ def tiny() -> tuple[rx.ResNet, dict]:
 @pytest.mark.parametrize("name", sorted(MANIFEST["fixtures"]))
 def test_torch_flax_torch_round_trip_is_lossless(name: str, tmp_path: object) -> None:
     state = fixture_state(name)
-    model = fixture_model(name)
-    variables, _ = torch_to_flax(state, model)
+    loaded = rx.load(os.path.join(FIXTURES, f"{name}.safetensors"), fixture_model(name))
     layout = MANIFEST["fixtures"][name]["layout"]
     path = os.path.join(str(tmp_path), "export.safetensors")
-    export_torch(path, variables, model, layout=layout)
+    loaded.export_torch(path, layout=layout)
     back = read_state_dict(path)
     assert back.keys() == state.keys()
     for key, value in state.items():
@@ -123,11 +120,10 @@ def test_missing_keys_are_named_with_model_and_file(tmp_path: object) -> None:
     del state["layer2.0.conv2.weight"], state["layer3.1.se.fc1.bias"]
     path = os.path.join(str(tmp_path), "partial.safetensors")
     write_safetensors(path, state)
-    model = fixture_model(FIXTURE)
     with pytest.raises(WeightsError) as err:
-        load_pretrained(model, path, model_name="my_model")
+        rx.load(path, fixture_model(FIXTURE))
     text = str(err.value)
-    assert path in text and "'my_model'" in text and "nothing was loaded" in text
+    assert path in text and "nothing was loaded" in text
     assert "2 missing from the file: layer2.0.conv2.weight, layer3.1.se.fc1.bias" in text
 
 
@@ -155,18 +151,6 @@ def test_error_names_the_zoo_model_the_file_fits(tiny: tuple) -> None:
         torch_to_flax(state, rx.create_model("tiny_resnext"), model_name="tiny_resnext")
 
 
-def test_non_strict_keeps_base_for_missing(tiny: tuple) -> None:
-    model, variables = tiny
-    state = flax_to_torch(variables, model)
-    del state["fc.bias"]
-    base = jax.tree_util.tree_map(jnp.ones_like, variables)
-    got, report = torch_to_flax(state, model, strict=False, base=base)
-    assert report.missing == ["fc.bias"]
-    np.testing.assert_array_equal(got["params"]["fc"]["bias"], 1.0)
-    np.testing.assert_array_equal(got["params"]["fc"]["kernel"],
-                                  variables["params"]["fc"]["kernel"])
-
-
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_damaged_safetensors_fails_naming_the_file(damage: str, tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "bad.safetensors")
@@ -174,14 +158,18 @@ def test_damaged_safetensors_fails_naming_the_file(damage: str, tmp_path: object
     data = data[: len(data) // 2] if damage == "truncate" else b"\x07" * 64 + data[64:]
     open(path, "wb").write(data)
     with pytest.raises(WeightsFileError, match="bad.safetensors is not a readable safetensors"):
-        load_pretrained(fixture_model(FIXTURE), path)
+        rx.load(path, fixture_model(FIXTURE))
 
 
-def test_unknown_source_and_extension(tmp_path: object) -> None:
+def test_unknown_source_and_extension(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WeightsFileError, match="no such file"):
-        load_pretrained(fixture_model(FIXTURE), "missing/weights.safetensors")
-    with pytest.raises(WeightsFileError, match="neither a file, a known weight set"):
-        load_pretrained(fixture_model(FIXTURE), "not-a-weight-set")
+        rx.load("missing/weights.safetensors")
+    with pytest.raises(WeightsFileError, match="neither a file or folder, a model or weight"):
+        rx.load("not-a-weight-set")
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("runs")  # runs/best: a mistyped local path, not a Hub repo to try for a minute
+    with pytest.raises(WeightsFileError, match="no such file or folder: runs/best"):
+        rx.load("runs/best")
     other = os.path.join(str(tmp_path), "w.h5")
     open(other, "wb").write(b"x")
     with pytest.raises(WeightsFileError, match="unknown checkpoint type"):
@@ -190,30 +178,89 @@ def test_unknown_source_and_extension(tmp_path: object) -> None:
 
 # --- the classifier head -------------------------------------------------------------------
 
-def test_wrong_num_classes_needs_opt_in() -> None:
-    model = fixture_model(FIXTURE, num_classes=5)
-    with pytest.raises(WeightsError, match="10-class head.*num_classes=5.*num_classes=10"):
-        load_pretrained(model, FIXTURE_FILE)
-
-
-def test_new_head_keeps_backbone_and_says_so() -> None:
-    full, _ = load_pretrained(fixture_model(FIXTURE), FIXTURE_FILE)
-    model = fixture_model(FIXTURE, num_classes=5)
-    with pytest.warns(UserWarning, match="backbone is loaded.*re-initialised for 5 classes"):
-        got, report = load_pretrained(model, FIXTURE_FILE, reset_head=True)
-    assert got["params"]["fc"]["kernel"].shape == (64 * 4, 5)
-    assert any("new head" in note for note in report.notes)
-    for key, value in _flat(full).items():
-        if key[1] != "fc":
-            np.testing.assert_array_equal(_flat(got)[key], value)
-    assert jax.eval_shape(model.apply, got, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
+def test_a_model_with_another_head_gets_a_new_one_and_says_so() -> None:
+    full = rx.load(FIXTURE_FILE, fixture_model(FIXTURE))
+    for how in ({"model": fixture_model(FIXTURE, num_classes=5)},
+                {"model": fixture_model(FIXTURE), "num_classes": 5}):
+        with pytest.warns(UserWarning, match="10-class head.*new classifier head for 5"):
+            got = rx.load(FIXTURE_FILE, **how)
+        assert got.variables["params"]["fc"]["kernel"].shape == (64 * 4, 5)
+        assert any("new head" in note for note in got.report.notes)
+        for key, value in _flat(full.variables).items():
+            if key[1] != "fc":
+                np.testing.assert_array_equal(_flat(got.variables)[key], value)
+        assert jax.eval_shape(got.model.apply, got.variables,
+                              jnp.ones((1, 32, 32, 3))).shape == (1, 5)
 
 
 def test_backbone_without_head() -> None:
-    model = fixture_model(FIXTURE, features_only=True)
-    got, report = load_pretrained(model, FIXTURE_FILE)
-    assert "fc" not in got["params"] and report.ok
-    assert set(jax.eval_shape(model.apply, got, jnp.ones((1, 32, 32, 3)))) >= {"pre_logits"}
+    got = rx.load(FIXTURE_FILE, fixture_model(FIXTURE), features_only=True)
+    assert "fc" not in got.variables["params"] and got.report.ok
+    out = jax.eval_shape(got.model.apply, got.variables, jnp.ones((1, 32, 32, 3)))
+    assert set(out) >= {"pre_logits"}
+    pooled = rx.load(FIXTURE_FILE, fixture_model(FIXTURE), num_classes=0)
+    assert "fc" not in pooled.variables["params"] and pooled.model.num_classes == 0
+
+
+def test_create_model_returns_the_module_and_points_to_load() -> None:
+    model = rx.create_model("seresnext50_32x4d")
+    assert isinstance(model, rx.ResNet)
+    assert model.pretrained_cfg.name == "seresnext50_32x4d.racm_in1k"
+    assert model.pretrained_cfg.transform.interpolation == "bicubic"
+    with pytest.raises(TypeError, match=r"resnext_jax.load\('seresnext50_32x4d'\)"):
+        rx.create_model("seresnext50_32x4d", pretrained=True)
+
+
+def test_load_cannot_change_the_architecture() -> None:
+    with pytest.raises(WeightsError, match=r"architecture fields \['cardinality'\]"):
+        rx.load(FIXTURE_FILE, fixture_model(FIXTURE), cardinality=8)
+
+
+# --- our own files -------------------------------------------------------------------------
+
+def test_own_file_round_trip_keeps_arrays_architecture_and_transform(
+        tiny: tuple, tmp_path: object) -> None:
+    model, variables = tiny
+    cfg = rx.PretrainedCfg("tiny_seresnext.test", None, 12.5,
+                           rx.Transform(size=40, crop_pct=0.9, interpolation="bicubic"))
+    path = os.path.join(str(tmp_path), "tiny.msgpack")
+    rx.Pretrained(model, variables, cfg, None).save(path)
+    back = rx.load(path)
+    _assert_same(back.variables, variables)
+    assert back.cfg == cfg and back.transform.size == 40
+    assert back.model.clone(pretrained_cfg=None) == model.clone(pretrained_cfg=None)
+    assert rx.load(path, "tiny_seresnext").cfg == cfg
+
+
+def test_own_file_is_as_strict_as_create_model(tiny: tuple, tmp_path: object) -> None:
+    from resnext_jax.weights import native
+
+    model, variables = tiny
+    path = os.path.join(str(tmp_path), "tiny.msgpack")
+    native.write(path, variables, model, model_name="tiny_seresnext")
+    with pytest.raises(WeightsError, match="holds 'tiny_seresnext' weights, not 'tiny_resnext'"):
+        rx.load(path, "tiny_resnext")
+    with pytest.raises(WeightsError, match="se: file 'timm', model None"):
+        rx.load(path, rx.create_model("tiny_resnext"))
+    # A file whose metadata names another architecture than its arrays: refused, not loaded
+    # with the SE weights dropped.
+    liar = os.path.join(str(tmp_path), "liar.msgpack")
+    native.write(liar, variables, rx.create_model("tiny_resnext"), model_name="tiny_resnext")
+    with pytest.raises(WeightsError, match="does not fit its own architecture.*unexpected "
+                       "params/layer1_0/se"):
+        rx.load(liar)
+
+
+def test_a_flipped_bit_in_our_own_file_is_refused(tiny: tuple, tmp_path: object) -> None:
+    model, variables = tiny
+    path = os.path.join(str(tmp_path), "tiny.msgpack")
+    rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.x", None, None),
+                  None).save(path)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(WeightsFileError, match="damaged"):
+        rx.load(path)
 
 
 # --- PyTorch pickles -----------------------------------------------------------------------
@@ -240,7 +287,7 @@ def test_pickle_that_runs_code_is_refused(container: str, tmp_path: object) -> N
     else:
         open(path, "wb").write(data)
     with pytest.raises(WeightsFileError) as err:
-        load_pretrained(fixture_model(FIXTURE), path)
+        rx.load(path, fixture_model(FIXTURE))
     assert "refusing" in str(err.value) and "system" in str(err.value)
     assert ".safetensors" in str(err.value) and path in str(err.value)
     assert not os.path.exists(marker)
@@ -305,28 +352,29 @@ def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_hub_id_resolves_from_offline_cache(offline_cache: str) -> None:
     expected = _hub_cache(offline_cache, "timm/fixture.test_in1k", FIXTURE_FILE)
     assert resolve_hub("hf-hub:timm/fixture.test_in1k") == expected
-    got, _ = load_pretrained(fixture_model(FIXTURE), "timm/fixture.test_in1k")
-    want, _ = load_pretrained(fixture_model(FIXTURE), FIXTURE_FILE)
-    _assert_same(got, want)
+    got = rx.load("timm/fixture.test_in1k", fixture_model(FIXTURE))
+    _assert_same(got.variables, rx.load(FIXTURE_FILE, fixture_model(FIXTURE)).variables)
 
 
-def test_create_model_from_hub_id(offline_cache: str, tiny: tuple, tmp_path: object) -> None:
+def test_load_from_hub_id_finds_its_model(offline_cache: str, tiny: tuple,
+                                          tmp_path: object) -> None:
     model, variables = tiny
     exported = os.path.join(str(tmp_path), "tiny.safetensors")
-    export_torch(exported, variables, model)
+    rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.x", None, None),
+                  None).export_torch(exported)
     _hub_cache(offline_cache, "someone/tiny_seresnext.test", exported)
-    built, loaded = rx.create_model("tiny_seresnext", pretrained="someone/tiny_seresnext.test")
-    assert built == model
-    _assert_same(loaded, variables)
+    loaded = rx.load("someone/tiny_seresnext.test")  # the only zoo model the tensors fit
+    assert loaded.model.clone(pretrained_cfg=None) == model
+    _assert_same(loaded.variables, variables)
 
 
 def test_offline_miss_is_explained(offline_cache: str) -> None:
     with pytest.raises(WeightsFileError, match="racm_in1k.*offline mode is on"):
-        rx.create_model("seresnext50_32x4d", pretrained=True)
+        rx.load("seresnext50_32x4d")
     with pytest.raises(WeightsFileError, match="no Hugging Face Hub copy: download https"):
-        rx.create_model("legacy_seresnext50_32x4d", pretrained=True)
+        rx.load("legacy_seresnext50_32x4d")
     with pytest.raises(WeightsError, match="is for model 'seresnext50_32x4d', not"):
-        rx.create_model("resnext50_32x4d", pretrained="seresnext50_32x4d.racm_in1k")
+        rx.load("seresnext50_32x4d.racm_in1k", "resnext50_32x4d")
 
 
 # --- pretrained configs --------------------------------------------------------------------
@@ -337,9 +385,10 @@ def test_pretrained_configs() -> None:
                  "resnext101_64x4d.tv_in1k": 83.246, "seresnext50_32x4d.racm_in1k": 81.268,
                  "legacy_seresnext50_32x4d.in1k": 79.080}
     for name, top1 in published.items():
-        assert PRETRAINED[name].top1 == top1
-    for cfg in PRETRAINED.values():
+        assert rx.get_pretrained_cfg(name).top1 == top1
+    for cfg in map(rx.get_pretrained_cfg, rx.list_pretrained()):
         assert cfg.model in rx.list_models() and (cfg.hf_hub_id or cfg.url)
-        assert 0.8 < cfg.crop_pct <= 1 and cfg.interpolation in ("bilinear", "bicubic")
+        t = cfg.transform
+        assert 0.8 < t.crop_pct <= 1 and t.interpolation in ("bilinear", "bicubic")
     assert rx.get_pretrained_cfg("seresnext50_32x4d").name == "seresnext50_32x4d.racm_in1k"
     assert rx.list_pretrained("legacy_*")[0] == "legacy_seresnext50_32x4d.in1k"

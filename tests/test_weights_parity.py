@@ -81,7 +81,8 @@ def test_live_full_size_parity(name: str, tmp_path: object) -> None:
         stages = reference.forward_intermediates(x, intermediates_only=True)
         want = {"stem": stages[0], **{f"layer{i}": s for i, s in enumerate(stages[1:], 1)},
                 "logits": reference(x)}
-    model, variables = rx.create_model(name, pretrained=path)
+    loaded = rx.load(path, name)
+    model, variables = loaded.model, loaded.variables
     xs = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
     got = model.apply(variables, xs, method=model.forward_features)
     got["logits"] = model.apply(variables, xs)
@@ -99,10 +100,9 @@ def test_export_loads_strictly_into_the_reference(name: str, tmp_path: object) -
     from make_weight_fixtures import FIXTURES as BUILDERS
     from safetensors.torch import load_file as load_torch
 
-    model = fixture_model(name)
-    variables, _ = torch_to_flax(fixture_state(name), model)
+    loaded = rx.load(os.path.join(FIXTURES, f"{name}.safetensors"), fixture_model(name))
     path = os.path.join(str(tmp_path), "export.safetensors")
-    rx.export_torch(path, variables, model, layout=MANIFEST["fixtures"][name]["layout"])
+    loaded.export_torch(path, layout=MANIFEST["fixtures"][name]["layout"])
     reference = BUILDERS[name][2]()
     reference.load_state_dict(load_torch(path), strict=True)
     ref = load_file(os.path.join(FIXTURES, f"{name}.outputs.safetensors"))

@@ -68,7 +68,7 @@ class Preprocess:
         new_w = tf.where(height <= width, longer, short)
         # Pillow filters with antialiasing and rounds to 8 bits; so does this.
         image = tf.image.resize(image, tf.stack([new_h, new_w]), method=t.interpolation,
-                                antialias=t.interpolation != "nearest")
+                                antialias=True)
         image = tf.clip_by_value(tf.round(image), 0, 255)
         top = tf.cast(tf.round(tf.cast(new_h - size, tf.float64) / 2), tf.int32)
         left = tf.cast(tf.round(tf.cast(new_w - size, tf.float64) / 2), tf.int32)

@@ -4,7 +4,12 @@ model, optimizer, jitted per-device steps, orbax checkpoints); ``train_and_evalu
 
 import resnext_jax.data  # noqa: F401  (first: it says which extras are missing)
 from resnext_jax.train.checkpoint import Checkpointer, CheckpointError
-from resnext_jax.train.config import config_from_json, default_config
+from resnext_jax.train.config import (
+    config_from_json,
+    default_config,
+    get_config,
+    list_configs,
+)
 from resnext_jax.train.steps import TrainState
 from resnext_jax.train.trainer import (
     NonFiniteLossError,
@@ -16,5 +21,6 @@ from resnext_jax.train.trainer import (
 )
 
 __all__ = ["CheckpointError", "Checkpointer", "NonFiniteLossError", "TrainState", "Trainer",
-           "build", "config_from_json", "default_config", "evaluate", "restore",
+           "build", "config_from_json", "default_config", "evaluate", "get_config",
+           "list_configs", "restore",
            "train_and_evaluate"]

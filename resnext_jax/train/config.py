@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     # model.pretrained is set, else ImageNet's (crop 0.875, bilinear, ImageNet mean / std).
     c.data.eval_size = placeholder(int)  # None: image_size
     c.data.crop_pct = placeholder(float)
-    c.data.interpolation = placeholder(str)  # "bilinear", "bicubic" or "nearest"
+    c.data.interpolation = placeholder(str)  # "bilinear" or "bicubic"
     c.data.mean = placeholder(tuple)  # per channel, 0-1 scale
     c.data.std = placeholder(tuple)
     c.data.shuffle_buffer = 16_384

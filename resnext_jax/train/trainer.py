@@ -66,7 +66,8 @@ class Trainer:
     (``global_batch``); ``evaluate(state)`` runs the eval split. :func:`build` makes one.
     """
 
-    def __init__(self, config: ConfigDict, workdir: str, *, train: bool) -> None:
+    def __init__(self, config: ConfigDict, workdir: str | os.PathLike, *, train: bool) -> None:
+        workdir = os.fspath(workdir)
         self.config, self.workdir = config, workdir
         self.mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
@@ -199,17 +200,18 @@ class Trainer:
         self.checkpointer.close()
 
 
-def build(config: ConfigDict, workdir: str, *, train: bool = True) -> Trainer:
+def build(config: ConfigDict, workdir: str | os.PathLike, *, train: bool = True) -> Trainer:
     """The :class:`Trainer` of ``config`` in ``workdir`` (``train=False``: no training data,
     for evaluation and inspection)."""
     return Trainer(config, workdir, train=train)
 
 
-def restore(workdir: str, step: int | None = None) -> tuple[Trainer, TrainState, int]:
+def restore(workdir: str | os.PathLike, step: int | None = None
+            ) -> tuple[Trainer, TrainState, int]:
     """A finished or interrupted run, from its workdir alone: its trainer (built from the
     ``config.json`` it wrote, without training data), the state of checkpoint ``step`` (the
     newest readable one by default) and that step. Close the trainer when done."""
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json")) as f:
+    with tf.io.gfile.GFile(os.path.join(os.fspath(workdir), "config.json")) as f:
         config = config_from_json(f.read())
     trainer = build(config, workdir, train=False)
     restored = trainer.restore(step)
@@ -286,8 +288,9 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     """Train (resuming from ``workdir`` when it holds checkpoints); returns the last eval."""
+    workdir = os.fspath(workdir)
     tf.io.gfile.makedirs(workdir)
     run = build(config, workdir)
     main = jax.process_index() == 0
@@ -392,9 +395,11 @@ def _summarise(history: list[dict], elapsed: float, batch: int) -> dict[str, flo
     return mean
 
 
-def evaluate(config: ConfigDict, workdir: str, step: int | None = None) -> dict[str, float]:
+def evaluate(config: ConfigDict, workdir: str | os.PathLike,
+             step: int | None = None) -> dict[str, float]:
     """Eval-only: a checkpoint of ``workdir`` (the newest, or ``step``), or the pretrained
     weights of ``config.model.pretrained`` when the workdir has no checkpoint."""
+    workdir = os.fspath(workdir)
     run = build(config, workdir, train=False)
     try:
         if (restored := run.restore(step)) is not None:
