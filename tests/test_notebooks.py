@@ -16,6 +16,8 @@ from PIL import Image
 
 import resnext_jax as rx
 
+pytestmark = pytest.mark.e2e  # subprocesses: see pyproject.toml
+
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 

@@ -247,6 +247,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_sharded_jit_over_four_cpu_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")

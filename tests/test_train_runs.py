@@ -20,6 +20,8 @@ import pytest
 
 import resnext_jax as rx
 
+pytestmark = pytest.mark.e2e  # subprocesses: see pyproject.toml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config.batch_size=16", "--config.eval_batch_size=48", "--config.log_every_steps=1",
          "--config.eval_every_epochs=0", "--config.data.num_shards=2"]
@@ -277,3 +279,19 @@ def test_checkpoints_of_another_model_stop_the_run_untouched(tmp_path, reference
     assert result.returncode == 1
     assert "holds a different model" in result.stderr and "new --workdir" in result.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+
+
+def test_readme_load_what_you_trained_snippet(reference, tmp_path, monkeypatch):
+    """The README's snippet after its main command (here: the reference run's workdir)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from PIL import Image
+    from readme_snippets import snippet
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs")
+    os.symlink(reference[0], "runs/digits")
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save("digit.png")
+    scope: dict = {}
+    exec(snippet("load-trained"), scope)  # noqa: S102 - the README's own code
+    assert scope["logits"].shape == (1, 10)
+    assert scope["trained"].cfg.name == f"digits_seresnext.{os.path.basename(reference[0])}"
