@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from resnext_jax.files import atomic_write
 from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
 
 HEAD_OUTPUTS = ("pre_logits", "logits")
@@ -142,7 +143,7 @@ class ChunkStore:
                 raise ValueError(f"{self.dir} holds results of a run with other settings "
                                  f"({saved}); delete it or choose another --out")
         else:
-            _atomic_write(meta, lambda f: f.write(json.dumps(settings).encode()))
+            atomic_write(meta, lambda f: f.write(json.dumps(settings).encode()))
         self.parts = sorted(self.dir.glob("part-*.npz"))
 
     def done(self) -> set[str]:
@@ -155,7 +156,7 @@ class ChunkStore:
 
     def add(self, results: dict[str, np.ndarray], files: list[str]) -> None:
         part = self.dir / f"part-{len(self.parts):06d}.npz"
-        _atomic_write(part, lambda f: np.savez(f, files=np.asarray(files), **results))
+        atomic_write(part, lambda f: np.savez(f, files=np.asarray(files), **results))
         self.parts.append(part)
 
     def merged(self) -> dict[str, np.ndarray]:
@@ -164,13 +165,6 @@ class ChunkStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
-        write(stream)
-    os.replace(tmp, path)
 
 
 def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: Transform, *,
@@ -233,12 +227,12 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
 
 def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str]) -> None:
     if out.suffix == ".npz":
-        _atomic_write(out, lambda f: np.savez(f, skipped=np.asarray(skipped, dtype=str),
+        atomic_write(out, lambda f: np.savez(f, skipped=np.asarray(skipped, dtype=str),
                                               **results))
         return
-    _atomic_write(out, lambda f: np.save(f, results["features"]))
+    atomic_write(out, lambda f: np.save(f, results["features"]))
     index = out.with_name(out.name.removesuffix(".npy") + ".files.txt")
-    _atomic_write(index, lambda f: f.write("".join(n + "\n" for n in results["files"])
+    atomic_write(index, lambda f: f.write("".join(n + "\n" for n in results["files"])
                                            .encode()))
 
 

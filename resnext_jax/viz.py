@@ -138,17 +138,12 @@ def se_excitations(model: Any, variables: Mapping[str, Any],
             m.squares += onehot.T @ g**2
     if not moments:
         raise ValueError("no batches were given")
-    blocks = tuple(sorted(moments, key=_block_order))
+    order = [f"layer{s + 1}_{i}" for s, depth in enumerate(model.layers) for i in range(depth)]
+    blocks = tuple(sorted(moments, key=order.index))
     with np.errstate(invalid="ignore", divide="ignore"):
         means = {b: moments[b].total / counts[:, None] for b in blocks}
     spec = {b: class_specificity(moments[b].total, moments[b].squares, counts) for b in blocks}
     return SEExcitations(blocks, means, counts, spec)
-
-
-def _block_order(name: str) -> tuple[int, ...]:
-    """``layer3_10`` sorts after ``layer3_9``."""
-    digits = "".join(c if c.isdigit() else " " for c in name).split()
-    return tuple(int(d) for d in digits)
 
 
 def default_blocks(blocks: Sequence[str]) -> list[str]:

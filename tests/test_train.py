@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -246,3 +247,26 @@ def test_train_from_freezes_the_earlier_parts(tmp_path):
 
     for part in ("layer3_0", "layer4_0", "fc"):
         assert not np.array_equal(kernel(state.params, part), kernel(new.params, part)), part
+
+
+def test_pretrained_weights_are_evaluated_with_their_own_transform(tmp_path):
+    """--mode=eval --config.model.pretrained=SET used to ignore the set's transform."""
+    import resnext_jax as rx
+    from resnext_jax import train
+
+    model = rx.create_model("tiny_seresnext")
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    own = rx.Transform(size=48, crop_pct=0.95, interpolation="bicubic", mean=(0.5,) * 3,
+                       std=(0.25,) * 3)
+    path = tmp_path / "w.msgpack"
+    rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.own", None, None, own),
+                  None).save(path)
+    config = _synthetic(pretrained=str(path))
+    trainer = train.build(config, str(tmp_path / "run"), train=False)
+    assert trainer.transform == dataclasses.replace(own, size=32)  # data.image_size
+    trainer.close()
+    config.data.crop_pct, config.data.eval_size = 1.0, 40  # the config still decides
+    trainer = train.build(config, str(tmp_path / "run2"), train=False)
+    assert (trainer.transform.crop_pct, trainer.transform.size) == (1.0, 40)
+    assert trainer.transform.interpolation == "bicubic"
+    trainer.close()

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnext_jax.train.files import is_remote
-from resnext_jax.weights.native import tree_differences
+from resnext_jax.weights.errors import tree_differences
 
 
 class CheckpointError(RuntimeError):

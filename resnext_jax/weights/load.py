@@ -29,7 +29,7 @@ from resnext_jax import zoo
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import native
-from resnext_jax.weights.errors import WeightsError, WeightsFileError
+from resnext_jax.weights.errors import WeightsError, WeightsFileError, tree_differences
 from resnext_jax.weights.hub import is_hub_id, resolve_hub
 from resnext_jax.weights.torch_files import (
     SAFETENSORS,
@@ -232,7 +232,7 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
         native.check_architecture(meta, reference.clone(num_classes=classes or 0), path)
     expected = unflatten_dict(flax_shapes(model.clone(num_classes=classes or 0,
                                                       features_only=False)))
-    problems = native.tree_differences(expected, saved)
+    problems = tree_differences(expected, saved)
     if problems:
         raise WeightsError(f"{path} does not fit its own architecture (damaged?): "
                            + "; ".join(problems[:8]))

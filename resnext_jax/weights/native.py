@@ -20,7 +20,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import serialization
-from flax.traverse_util import flatten_dict
 
 from resnext_jax.files import atomic_write
 from resnext_jax.model import ResNet
@@ -114,14 +113,3 @@ def check_architecture(meta: Mapping[str, Any], model: ResNet, path: str,
         name = meta.get("model_name") or "a different architecture"
         raise WeightsError(f"{path} holds weights of {name}, which differs from the model: "
                            + "; ".join(diff))
-
-
-def tree_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
-    """How the array tree ``found`` differs from ``expected`` (anything with ``.shape``):
-    missing, unexpected and differently shaped leaves by ``a/b/c`` path; empty when equal."""
-    want = {"/".join(map(str, p)): tuple(v.shape) for p, v in flatten_dict(expected).items()}
-    got = {"/".join(map(str, p)): tuple(np.shape(v)) for p, v in flatten_dict(found).items()}
-    return ([f"missing {k}" for k in sorted(want.keys() - got.keys())]
-            + [f"unexpected {k}" for k in sorted(got.keys() - want.keys())]
-            + [f"{k}: {got[k]} instead of {want[k]}" for k in sorted(want.keys() & got.keys())
-               if want[k] != got[k]])

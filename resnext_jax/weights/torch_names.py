@@ -26,7 +26,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from resnext_jax import zoo
 from resnext_jax.model import ResNet
-from resnext_jax.weights.errors import WeightsError
+from resnext_jax.weights.errors import WeightsError, tree_differences
 
 LAYOUTS = ("torchvision", "timm", "legacy")
 
@@ -268,17 +268,11 @@ def flax_to_torch(variables: Mapping[str, Any], model: ResNet, *, layout: str | 
     """A PyTorch state dict (numpy arrays) of ``variables`` in ``layout`` (default: the
     model's own). ``with_counters`` adds BN ``num_batches_tracked`` (0), as torch writes it."""
     layout = layout or model_layout(model)
-    expected = flax_shapes(model)
-    flat = flatten_dict({k: v for k, v in dict(variables).items()
-                         if k in ("params", "batch_stats")})
-    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    wrong = sorted(f"{'/'.join(p)} {tuple(np.shape(flat[p]))} vs {tuple(s.shape)}"
-                   for p, s in expected.items() if p in flat and np.shape(flat[p]) != s.shape)
-    if missing or extra or wrong:
-        raise WeightsError("variables do not fit the model: missing "
-                           f"{_first(['/'.join(p) for p in missing]) or 'none'}; extra "
-                           f"{_first(['/'.join(p) for p in extra]) or 'none'}; wrong shapes "
-                           f"{_first(wrong) or 'none'}")
+    wanted = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+    problems = tree_differences(unflatten_dict(flax_shapes(model)), wanted)
+    if problems:
+        raise WeightsError("variables do not fit the model: " + "; ".join(problems[:_SHOWN]))
+    flat = flatten_dict(wanted)
     out = {}
     for path, value in flat.items():
         array = np.asarray(value)
