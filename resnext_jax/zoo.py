@@ -125,6 +125,7 @@ TIMM = "timm"
 LEGACY = "legacy SENet (Cadene pretrainedmodels / timm legacy_*)"
 CIFAR = "ResNeXt paper, CIFAR (Xie et al. 2017)"
 TINY = "small variant for tests"
+DIGITS = "small model for 8x8 grey digits (the README's main job)"
 
 _RESNEXT_D = dict(stem="deep", stem_width=32, downsample="avg")
 
@@ -185,8 +186,8 @@ register("tiny_legacy_senet", TINY, **{**_TINY, "block": "senet154", "se": "lega
 # The README's main job: small (SE-)ResNeXts for 8x8 grey digits.
 _DIGITS = dict(layers=(1, 1, 1), stage_planes=(16, 32, 64), stem="cifar", stem_features=16,
                cardinality=8, base_width=16, in_chans=1, num_classes=10)
-register("digits_seresnext", "SE-ResNeXt for 8x8 grey digits", se="timm", **_DIGITS)
-register("digits_resnext", "ResNeXt for 8x8 grey digits", **_DIGITS)
+register("digits_seresnext", DIGITS, se="timm", **_DIGITS)
+register("digits_resnext", DIGITS, **_DIGITS)
 register("tiny_resnext_cifar", TINY, layers=(1, 1, 1), stage_planes=(16, 32, 64),
          stem="cifar", stem_features=16, cardinality=4, base_width=16, num_classes=10)
 

@@ -20,6 +20,7 @@ tensor random values (BN statistics included), and saves
 
 torchvision and legacy SENet hard-code stage widths 64..512; their stages are rebuilt with
 the classes' own ``_make_layer`` at the small widths to keep the files small.
+tests/make_pth_fixtures.py then writes two of them as ``.pth`` files.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ LEGACY_PLANES = (16, 32, 64, 128)
 SENET_PLANES = (4, 8, 16, 32)  # SEBottleneck is 4x wider than planes, 3x3 projections
 CLASSES = 10
 INPUT_SHAPE = (2, 3, 33, 37)
-PTH_FIXTURE = "timm_seresnext_t"
 _OURS = dict(stage_planes=list(PLANES), num_classes=CLASSES)
 
 
@@ -199,9 +199,6 @@ def main() -> None:
         manifest["fixtures"][name] = dict(layout=layout, built_with=built_with, resnet=ours,
                                           params=params)
         print(f"{name}: {params:,} params, logits {tuple(outputs['logits'].shape)}")
-    # One checkpoint also as a torch pickle (zip format), wrapped as training scripts save it.
-    state = safetensors.torch.load_file(os.path.join(OUT, f"{PTH_FIXTURE}.safetensors"))
-    torch.save({"state_dict": state, "epoch": 3}, os.path.join(OUT, f"{PTH_FIXTURE}.pth"))
     with open(os.path.join(OUT, "manifest.json"), "w", encoding="utf-8") as stream:
         json.dump(manifest, stream, indent=1)
         stream.write("\n")

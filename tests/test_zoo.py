@@ -45,12 +45,13 @@ UNPUBLISHED = {"resnext152_32x4d"}
 def _params(name, **overrides):
     model = rx.create_model(name, **overrides)
     size = 32 if model.stem == "cifar" else 224
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, size, size, model.in_chans), jnp.float32)
     return rx.count_params(jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 def test_every_full_size_model_has_a_published_count():
-    full_size = {n for n in rx.list_models() if zoo.get_entry(n).source != zoo.TINY}
+    full_size = {n for n in rx.list_models()
+                 if zoo.get_entry(n).source not in (zoo.TINY, zoo.DIGITS)}
     assert full_size == set(PUBLISHED) | UNPUBLISHED
 
 
@@ -111,3 +112,8 @@ def test_mac_count_matches_timm(name, timm_gmacs, tolerance):
     macs = rx.count_macs(rx.create_model(name)) / 1e9
     assert macs == pytest.approx(timm_gmacs, rel=tolerance)
     assert macs < timm_gmacs  # the padding products XLA skips
+
+
+def test_the_digits_model_has_the_readmes_count():
+    """README: "147 k parameters" for the main job's model."""
+    assert _params("digits_seresnext") == 147_354

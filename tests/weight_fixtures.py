@@ -11,7 +11,8 @@ import resnext_jax as rx
 from resnext_jax.weights import read_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "weights")
-MANIFEST = json.load(open(os.path.join(FIXTURES, "manifest.json"), encoding="utf-8"))
+with open(os.path.join(FIXTURES, "manifest.json"), encoding="utf-8") as _stream:
+    MANIFEST = json.load(_stream)
 
 
 def fixture_model(name: str, **overrides: object) -> rx.ResNet:

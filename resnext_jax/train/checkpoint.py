@@ -96,7 +96,7 @@ class Checkpointer:
         if problems:
             raise ConfigMismatchError(
                 f"the checkpoint of step {step} in {self.directory} holds a different model "
-                f"(parameters differ: {'; '.join(problems[:3])}); use a new --workdir for a "
+                f"(parameters differ: {'; '.join(problems)}); use a new --workdir for a "
                 "new config, or the config that wrote it")
 
     def restore(self, step: int, abstract_state: Any) -> Any:

@@ -235,7 +235,7 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
     problems = tree_differences(expected, saved)
     if problems:
         raise WeightsError(f"{path} does not fit its own architecture (damaged?): "
-                           + "; ".join(problems[:8]))
+                           + "; ".join(problems))
     variables = jax.tree_util.tree_map(jnp.asarray, saved)
     cfg = model.pretrained_cfg or PretrainedCfg(
         file_name or os.path.basename(path), None, None, origin=path)

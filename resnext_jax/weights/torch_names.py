@@ -271,7 +271,7 @@ def flax_to_torch(variables: Mapping[str, Any], model: ResNet, *, layout: str | 
     wanted = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
     problems = tree_differences(unflatten_dict(flax_shapes(model)), wanted)
     if problems:
-        raise WeightsError("variables do not fit the model: " + "; ".join(problems[:_SHOWN]))
+        raise WeightsError("variables do not fit the model: " + "; ".join(problems))
     flat = flatten_dict(wanted)
     out = {}
     for path, value in flat.items():
