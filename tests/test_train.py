@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import flax.linen as nn
@@ -184,6 +185,69 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
     restored, step = ckpt.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     assert step == 5 and np.array_equal(restored["w"], np.arange(3.0) + 5)
     ckpt.close()
+
+
+def _flip_data_bytes(step_dir):
+    """Flip one bit in every array-data file of an orbax checkpoint directory."""
+    for dirpath, _, files in os.walk(os.path.join(step_dir, "state")):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if "ocdbt.process" in dirpath and os.path.getsize(path) > 100:
+                data = bytearray(open(path, "rb").read())
+                data[len(data) // 2] ^= 0x40
+                open(path, "wb").write(bytes(data))
+
+
+def _two_checkpoints(directory):
+    from resnext_jax.train import Checkpointer
+
+    ckpt = Checkpointer(str(directory), keep=3)
+    for step in (1, 2):
+        ckpt.save(step, {"w": jnp.arange(1000.0) * step})
+        ckpt.wait()
+    ckpt.close()
+    return {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_damage_found_by_its_digest(tmp_path):
+    from resnext_jax.train import Checkpointer
+
+    abstract = _two_checkpoints(tmp_path)
+    _flip_data_bytes(tmp_path / "2")
+    reader = Checkpointer(str(tmp_path), keep=3, read_only=True)  # evaluation: never renames
+    state, step = reader.restore_latest(abstract)
+    reader.close()
+    assert step == 1 and np.array_equal(state["w"], np.arange(1000.0))
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+    (tmp_path / "corrupt_2").mkdir()  # set aside before: the new name must not clash
+    writer = Checkpointer(str(tmp_path), keep=3)
+    assert writer.restore_latest(abstract)[1] == 1
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["1", "corrupt_2", "corrupt_2.1"]
+
+
+def test_only_damage_sets_a_checkpoint_aside(tmp_path, monkeypatch):
+    """Permissions, I/O errors and memory say nothing about the files: stop, touch nothing."""
+    from resnext_jax.train import Checkpointer, CheckpointError
+    from resnext_jax.train.checkpoint import DamagedCheckpointError, is_damage
+
+    abstract = _two_checkpoints(tmp_path)
+    ckpt = Checkpointer(str(tmp_path), keep=3)
+    for error in (PermissionError(13, "Permission denied"), OSError(5, "Input/output error"),
+                  MemoryError(), ValueError("PERMISSION_DENIED: reading manifest")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(ckpt.manager, "restore", fail)
+        with pytest.raises(CheckpointError, match="nothing was changed"):
+            ckpt.restore_latest(abstract)
+        assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+    ckpt.close()
+    damaged = [DamagedCheckpointError("digest"), FileNotFoundError("_METADATA"),
+               ValueError('DATA_LOSS: Error decoding "manifest.ocdbt"'),
+               json.JSONDecodeError("Unterminated string", "{", 1), KeyError("value_type")]
+    assert all(is_damage(e) for e in damaged)
+    assert not any(is_damage(e) for e in (RuntimeError("a bug"), TypeError("a bug")))
 
 
 def test_metric_lines_append_locally_and_on_object_stores(tmp_path):

@@ -53,7 +53,7 @@ def _params(workdir, step: int | None = None) -> dict[str, np.ndarray]:
     directory = os.path.join(workdir, "checkpoints")
     if step is None:
         step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-    path = os.path.join(directory, str(step), "default")
+    path = os.path.join(directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                       checkpointer.metadata(path).item_metadata.tree)
@@ -223,10 +223,13 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, reference):
             if "ocdbt" in dirpath or f.endswith("manifest.ocdbt"):
                 with open(os.path.join(dirpath, f), "r+b") as fh:
                     fh.write(b"\0garbage" * 8)
-    result = _ok(_run(_cmd(workdir, "--mode=eval")))
+    result = _ok(_run(_cmd(workdir, "--mode=eval")))  # evaluation never renames
     assert "checkpoint of step 8" in result.stderr and "falling back to step 4" in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["weights"] == "step 4"
-    assert os.path.isdir(os.path.join(workdir, "checkpoints", "corrupt_8"))  # kept, set aside
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    result = _ok(_run(_cmd(workdir)))  # training sets it aside and redoes steps 5-8
+    assert "moved aside, falling back to step 4" in result.stderr
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8", "corrupt_8"]
 
 
 def test_full_disk_while_saving_keeps_what_was_written(tmp_path, reference):

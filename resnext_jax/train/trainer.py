@@ -134,7 +134,8 @@ class Trainer:
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
-            best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
+            best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
+            read_only=not train)
 
     def _real_data(self, config: ConfigDict, train: bool) -> None:
         d, p, n = config.data, jax.process_index(), jax.process_count()

@@ -179,7 +179,7 @@ def _checkpoint_variables(directory: str) -> dict[str, Any]:
     except ImportError as err:
         raise WeightsFileError(f"reading the checkpoint {directory} needs orbax-checkpoint: "
                                "pip install 'resnext_jax[train]'") from err
-    item = os.path.join(directory, "default")
+    item = os.path.join(directory, "state")  # resnext_jax.train.checkpoint.STATE
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(item).item_metadata.tree
     as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
