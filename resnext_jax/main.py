@@ -63,8 +63,8 @@ def main(argv: list[str]) -> None:
             result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)
         else:
             result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (train.NonFiniteLossError, train.CheckpointError, ValueError,
-            FileNotFoundError) as e:
+    except (train.NonFiniteLossError, train.CheckpointError, train.WorkdirBusyError,
+            ValueError, FileNotFoundError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

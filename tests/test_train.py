@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -334,3 +336,22 @@ def test_pretrained_weights_are_evaluated_with_their_own_transform(tmp_path):
     assert (trainer.transform.crop_pct, trainer.transform.size) == (1.0, 40)
     assert trainer.transform.interpolation == "bicubic"
     trainer.close()
+
+
+def test_one_run_per_workdir_and_no_stale_lock(tmp_path):
+    from resnext_jax import train
+    from resnext_jax.train.files import WorkdirLock
+
+    first = WorkdirLock(str(tmp_path))
+    with pytest.raises(train.WorkdirBusyError, match=f"in use by another run \\(process "
+                       f"{os.getpid()} on"):
+        train.train_and_evaluate(_synthetic(), str(tmp_path))
+    first.release()
+    # A holder killed with SIGKILL leaves no stale lock behind.
+    code = ("import os, signal, sys; from resnext_jax.train.files import WorkdirLock; "
+            "WorkdirLock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == -9
+    WorkdirLock(str(tmp_path)).release()

@@ -10,6 +10,7 @@ from resnext_jax.train.config import (
     get_config,
     list_configs,
 )
+from resnext_jax.train.files import WorkdirBusyError
 from resnext_jax.train.steps import TrainState
 from resnext_jax.train.trainer import (
     NonFiniteLossError,
@@ -21,6 +22,7 @@ from resnext_jax.train.trainer import (
 )
 
 __all__ = ["CheckpointError", "Checkpointer", "NonFiniteLossError", "TrainState", "Trainer",
+           "WorkdirBusyError",
            "build", "config_from_json", "default_config", "evaluate", "get_config",
            "list_configs", "restore",
            "train_and_evaluate"]

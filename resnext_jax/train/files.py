@@ -3,7 +3,10 @@ crash never leaves a half-written file."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import socket
 import time
 
 import tensorflow as tf
@@ -35,3 +38,38 @@ def append_line(path: str, line: str) -> None:
         return
     old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
     write_text(path, old + line + "\n")
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir."""
+
+
+class WorkdirLock:
+    """One training run per workdir: an exclusive ``flock`` on ``WORKDIR/.lock``, held for
+    the run's lifetime. The kernel drops it when the process ends, however it ends (SIGKILL
+    included), so a stale lock never blocks a restart. Object stores have no locks: there it
+    only logs that nothing stops a second writer."""
+
+    def __init__(self, workdir: str) -> None:
+        self.fd: int | None = None
+        if is_remote(workdir):
+            logging.warning("%s is on an object store, which has no locks: make sure only one "
+                            "run writes to it", workdir)
+            return
+        path = os.path.join(workdir, ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WorkdirBusyError(f"{workdir} is in use by another run ({holder}); wait for "
+                                   "it to finish or stop it, or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None

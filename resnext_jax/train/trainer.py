@@ -33,7 +33,7 @@ from resnext_jax.model import ResNet
 from resnext_jax.ops import compiler_options
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
-from resnext_jax.train.files import append_line, is_remote, write_text
+from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
 from resnext_jax.train.optim import create_optimizer, create_schedule, frozen_labels
 from resnext_jax.train.steps import (
@@ -293,6 +293,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike) -> dict[s
     """Train (resuming from ``workdir`` when it holds checkpoints); returns the last eval."""
     workdir = os.fspath(workdir)
     tf.io.gfile.makedirs(workdir)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
     run = build(config, workdir)
     main = jax.process_index() == 0
     if main:
