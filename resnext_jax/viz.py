@@ -306,10 +306,12 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (steps, values)}`` from a JSON-lines metrics file.
 
     Each line is an object with a ``step`` and numeric metrics; a string field ``split``
-    (``train`` / ``eval``), when present, prefixes its metrics (``eval/loss``). Lines that do
-    not parse (a line cut short when a run was killed) are skipped with a warning.
+    (``train`` / ``eval``), when present, prefixes its metrics (``eval/loss``). A metric has
+    one value per step (the last line wins, as the trainer rewrites steps it redoes after a
+    restart). Lines that do not parse (a line cut short when a run was killed) are skipped
+    with a warning.
     """
-    series: dict[str, tuple[list[float], list[float]]] = {}
+    series: dict[str, dict[float, float]] = {}
     bad = 0
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -324,13 +326,12 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for key, value in record.items():
             if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            steps, values = series.setdefault(prefix + key, ([], []))
-            steps.append(step)
-            values.append(float(value))
+            series.setdefault(prefix + key, {})[step] = float(value)
     if bad:
         warnings.warn(f"{path}: skipped {bad} line(s) that are not JSON objects with a "
                       "'step'", stacklevel=2)
-    return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()}
+    return {k: (np.asarray(sorted(v)), np.asarray([v[s] for s in sorted(v)]))
+            for k, v in series.items()}
 
 
 def curve_panels(names: Iterable[str]) -> dict[str, list[str]]:

@@ -355,3 +355,23 @@ def test_one_run_per_workdir_and_no_stale_lock(tmp_path):
                           env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == -9
     WorkdirLock(str(tmp_path)).release()
+
+
+def test_metrics_file_is_repaired_on_resume(tmp_path):
+    """A torn last line (full disk, kill) and records after the resumed step go; readers see
+    one value per step."""
+    from resnext_jax.train.metrics import repair
+    from resnext_jax.viz import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "train/loss": 1.0 / s}) for s in range(1, 11)]
+    path.write_text("\n".join(lines) + '\n{"step": 11, "train/lo')
+    message = repair(str(path), 6)
+    assert "dropped 1 damaged line(s) and 4 record(s) after step 6" in message
+    assert path.read_text() == "".join(line + "\n" for line in lines[:6])
+    assert repair(str(path), 6) is None
+    with path.open("a") as f:  # the resumed run writes steps 7.. again, one of them twice
+        f.write(json.dumps({"step": 7, "train/loss": 0.5}) + "\n")
+        f.write(json.dumps({"step": 7, "train/loss": 0.25}) + "\n")
+    steps, values = read_metrics(path)["train/loss"]
+    assert steps.tolist() == [1, 2, 3, 4, 5, 6, 7] and values[-1] == 0.25

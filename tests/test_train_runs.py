@@ -200,6 +200,10 @@ def test_sigkill_then_sigterm_then_restart_ends_bit_identical(tmp_path, digits_r
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bit-identical on CPU
     ref_loss, run_loss = _losses(ref), _losses(run)
     assert all(ref_loss[s] == run_loss[s] for s in ref_loss)
+    # One train record per step, though steps after the SIGKILLed checkpoint ran twice.
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f if "train/loss" in line]
+    assert steps == list(range(1, 41))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits_ready):

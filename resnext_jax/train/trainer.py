@@ -309,7 +309,7 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
         write_text(os.path.join(workdir, WORKDIR_MODEL),
                    json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
     state, step = run.initial_state()
-    writer, ckpt = MetricWriter(workdir), run.checkpointer
+    writer, ckpt = MetricWriter(workdir, step), run.checkpointer
     spe = run.train_data.steps_per_epoch
     eval_every = int(config.eval_every_epochs * spe) if config.eval_every_epochs > 0 else 0
     logging.info("%d steps (%d per epoch) of global batch %d on %d device(s), %d process(es)",
