@@ -375,3 +375,19 @@ def test_metrics_file_is_repaired_on_resume(tmp_path):
         f.write(json.dumps({"step": 7, "train/loss": 0.25}) + "\n")
     steps, values = read_metrics(path)["train/loss"]
     assert steps.tolist() == [1, 2, 3, 4, 5, 6, 7] and values[-1] == 0.25
+
+
+def test_a_step_whose_update_overflows_is_not_finite():
+    """Finite loss and gradient, but the update overflows the parameters: not a good step."""
+    model = _Linear()
+    tx = optax.sgd(1e38)
+    state = create_state(model, tx, jax.random.key(0), (3, 3, 1), ema=False)
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e38), num_classes=4,
+                                   label_smoothing=0.0, ema_decay=0.0, accum_steps=1, seed=0,
+                                   mesh=_mesh()))
+    batch = {"image": jax.random.normal(jax.random.key(1), (8, 3, 3, 1)) * 100,
+             "label": jnp.arange(8) % 4}
+    new, metrics = step(state, batch)
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+    assert not np.all(np.isfinite(new.params["Dense_0"]["kernel"]))
+    assert not bool(metrics["finite"])

@@ -114,9 +114,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                          ema, params)
         grad_norm = optax.tree.norm(grads)
+        # The new state must be finite too (an update can overflow where the gradient did
+        # not), so that a checkpoint saved after a finite step is a good one.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(
+            optax.tree.norm(params)) & jnp.isfinite(optax.tree.norm(batch_stats))
         metrics = {"loss": loss, "top1": acc, "grad_norm": grad_norm,
-                   "learning_rate": schedule(state.step),
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+                   "learning_rate": schedule(state.step), "finite": finite}
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema)
         return new, metrics
