@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 
 import jax
@@ -43,8 +44,29 @@ class _QuietOrbax(logging.Filter):
         return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
+class _Stopped(Exception):
+    """SIGTERM before the training loop, which handles it itself, took over."""
+
+
+def _stop(signum, frame) -> None:
+    del signum, frame
+    raise _Stopped
+
+
 def main(argv: list[str]) -> None:
     del argv
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        _main()
+    except _Stopped:
+        print("stopped by SIGTERM before training started: nothing to save; rerun the same "
+              "command to start again", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted before training started: nothing to save", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main() -> None:
     absl_logging.get_absl_handler().addFilter(_QuietOrbax())
     if FLAGS.distributed:
         # On CPU, cross-process collectives need JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo.

@@ -253,6 +253,8 @@ class ResNet(nn.Module):
                     if x.shape[1] == self.in_chans else "")
             raise ValueError(f"expected {self.in_chans} channels in the last axis (NHWC), "
                              f"got shape {x.shape}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError(f"an empty batch (shape {x.shape}): give at least one image")
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"expected a floating-point image batch, got {x.dtype}; convert "
                             "and normalise first, e.g. (x.astype(jnp.float32) / 255 - mean) / std")

@@ -302,3 +302,24 @@ def test_readme_load_what_you_trained_snippet(reference, tmp_path, monkeypatch):
     exec(snippet("load-trained"), scope)  # noqa: S102 - the README's own code
     assert scope["logits"].shape == (1, 10)
     assert scope["trained"].cfg.name == f"digits_seresnext.{os.path.basename(reference[0])}"
+
+
+def test_sigterm_in_start_up_and_ctrl_c_in_training_stop_cleanly(tmp_path, digits_ready):
+    workdir = str(tmp_path)
+    proc = subprocess.Popen(_cmd(workdir, steps=200, every=4), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(workdir, ".lock"), proc)  # the run is being built: no loop yet
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]  # was 143
+    assert "stopped by SIGTERM before training started" in err
+    proc = subprocess.Popen(_cmd(workdir, steps=200, every=4), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(os.path.join(workdir, "checkpoints", "4"), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "interrupted: saving step" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    stopped = int(err.split("interrupted: saving step ")[1].split()[0])
+    assert str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))

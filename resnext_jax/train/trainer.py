@@ -268,25 +268,32 @@ def _check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1)
 
 
 class _Preemption:
-    """SIGTERM sets a flag (one process) or the JAX preemption service decides (several)."""
+    """SIGTERM (preemption) and Ctrl-C set a flag that the loop checks after each step, so
+    it saves where it stands and stops; a second Ctrl-C stops at once. With several
+    processes the JAX preemption service decides, so that all stop at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.flag = False
+        self.signal: int | None = None
         if jax.process_count() == 1:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        del signum, frame
-        self.flag = True
+        del frame
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
+        return self.signal is not None
 
     def restore(self) -> None:
         if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, self._old)
+            for s, handler in self._old.items():
+                signal.signal(s, handler)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
@@ -348,7 +355,9 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
             if do_save:
                 ckpt.save(step, state, _best_metrics(last_eval) if do_eval else None)
             if preemption.reached(step) and not at_end:
-                tqdm.write(f"preempted: saving step {step} and exiting", file=sys.stderr)
+                why = "interrupted" if preemption.signal == signal.SIGINT else "preempted"
+                tqdm.write(f"{why}: saving step {step} and exiting; rerun the same command "
+                           "to resume", file=sys.stderr)
                 ckpt.save(step, state)
                 break
     finally:
