@@ -14,8 +14,11 @@ first: a run that is interrupted and started again with the same command resumes
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -27,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from resnext_jax.digest import tree_digest
 from resnext_jax.files import atomic_write
 from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
+from resnext_jax.weights.native import architecture
 
 HEAD_OUTPUTS = ("pre_logits", "logits")
 
@@ -102,7 +107,9 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
 
 def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: int,
              report: Callable[[Path, str], None]) -> Iterator[tuple[np.ndarray, list[Path]]]:
-    """Fixed-shape batches of readable images (zeros pad the last) with their files."""
+    """Fixed-shape batches of readable images (zeros pad the last) with their files, decoded
+    by ``workers`` threads (Pillow decodes off the GIL) at most two batches ahead, so memory
+    stays the same whatever the number of files."""
     def read(path: Path) -> np.ndarray | None:
         try:
             return load_image(path, pre)
@@ -111,8 +118,16 @@ def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: in
             return None
 
     images, names = [], []
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # Pillow decodes off the GIL
-        for path, image in zip(files, pool.map(read, files), strict=True):
+    pending: collections.deque = collections.deque()
+    todo = iter(files)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for path in itertools.islice(todo, 2 * batch_size):
+            pending.append((path, pool.submit(read, path)))
+        while pending:
+            path, future = pending.popleft()
+            for more in itertools.islice(todo, 1):
+                pending.append((more, pool.submit(read, more)))
+            image = future.result()
             if image is None:
                 continue
             images.append(image)
@@ -123,6 +138,15 @@ def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: in
     if images:
         pad = np.zeros((batch_size - len(images), *images[0].shape), np.float32)
         yield np.concatenate([np.stack(images), pad]), names
+
+
+def fingerprint(files: Sequence[Path]) -> str:
+    """sha256 over the files' paths, sizes and modification times: which inputs a run had."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 class ChunkStore:
@@ -139,9 +163,12 @@ class ChunkStore:
         meta = self.dir / "settings.json"
         if meta.exists():
             saved = json.loads(meta.read_text())
-            if saved != settings:
-                raise ValueError(f"{self.dir} holds results of a run with other settings "
-                                 f"({saved}); delete it or choose another --out")
+            differ = sorted(k for k in settings.keys() | saved.keys()
+                            if settings.get(k) != saved.get(k))
+            if differ:
+                raise ValueError(f"{self.dir} holds results of another run (its "
+                                 f"{', '.join(differ)} differ); delete it or choose another "
+                                 "--out")
         else:
             atomic_write(meta, lambda f: f.write(json.dumps(settings).encode()))
         self.parts = sorted(self.dir.glob("part-*.npz"))
@@ -180,6 +207,9 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
     if out.suffix not in (".npz", ".npy"):
         raise ValueError(f"--out must end in .npz or .npy, got {out}")
     store = ChunkStore(out, {**(settings or {}), "layer": layer, "k": k,
+                             "inputs": fingerprint(files), "weights": tree_digest(variables),
+                             "model": {**architecture(model), "global_pool": model.global_pool,
+                                       "dtype": str(model.dtype)},
                              "preprocess": dataclasses.asdict(pre)})
     done = store.done()
     todo = [f for f in files if str(f) not in done]

@@ -176,7 +176,7 @@ def test_interrupted_run_resumes_from_its_chunks(images, weights, tmp_path, monk
     # Chunks of a run with other settings are never mixed in.
     (tmp_path / "other.npz.parts").mkdir()
     ex.ChunkStore(tmp_path / "other.npz", {"layer": "layer1"})
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="another run"):
         ex.extract(model, variables, files, tmp_path / "other.npz", PRE, progress=False)
     with pytest.raises(ValueError, match="none of the 2 file"):
         ex.extract(model, variables, [images / "notes.txt", images / "broken.jpg"],
@@ -254,3 +254,33 @@ def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path,
     assert stop.value.code == 2
     assert "--layer layer4: this model has pre_logits, logits, stem, layer1, layer2, layer3" \
         in capsys.readouterr().err
+
+
+def test_resumed_chunks_must_be_of_the_same_inputs_and_weights(images, weights, tmp_path,
+                                                                monkeypatch):
+    """A run killed, then the same --out on another folder: refused, not 100 rows for 20."""
+    model, variables, _ = weights
+    first = ex.list_images([images])
+    _spy_forward(monkeypatch, fail_on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        ex.extract(model, variables, first, tmp_path / "x.npz", PRE, batch_size=2,
+                   chunk_batches=1, progress=False)
+    other = ex.list_images([images / "sub"])
+    with pytest.raises(ValueError, match="another run \\(its inputs differ\\)"):
+        ex.extract(model, variables, other, tmp_path / "x.npz", PRE, progress=False)
+    changed = jax.tree_util.tree_map(lambda v: v + 1, variables)
+    with pytest.raises(ValueError, match="its weights differ"):
+        ex.extract(model, changed, first, tmp_path / "x.npz", PRE, progress=False)
+
+
+def test_decoding_stays_a_few_batches_ahead(tmp_path, monkeypatch):
+    """Memory does not grow with the folder: files are decoded as batches are consumed."""
+    for i in range(100):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i:03d}.png")
+    reads = []
+    monkeypatch.setattr(ex, "load_image", lambda path, pre: reads.append(path) or
+                        np.zeros((4, 4, 3), np.float32))
+    batches = ex._batches(ex.list_images([tmp_path]), PRE, 4, 2, lambda p, r: None)
+    next(batches)
+    assert len(reads) <= 4 + 2 * 4 + 1  # the batch, two ahead, one being submitted
+    assert sum(len(names) for _, names in batches) == 96

@@ -13,18 +13,17 @@ checkpointer (evaluation) never renames: it skips a damaged checkpoint and says 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from resnext_jax.digest import tree_digest
 from resnext_jax.train.files import is_remote
 from resnext_jax.weights.errors import tree_differences
 
@@ -46,18 +45,6 @@ class ConfigMismatchError(ValueError):
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint whose arrays do not match the digest saved with them."""
-
-
-def state_digest(state: Any) -> str:
-    """sha256 over the paths, dtypes, shapes and bytes of every array of ``state`` (this
-    process's copy of each; the state is replicated)."""
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        array = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|"
-                      .encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def is_damage(error: BaseException) -> bool:
@@ -107,7 +94,7 @@ class Checkpointer:
         self.wait()
         self._pending = step
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                     DIGEST: ocp.args.JsonSave({"sha256": state_digest(state)})})
+                                     DIGEST: ocp.args.JsonSave({"sha256": tree_digest(state)})})
         try:
             self.manager.save(step, args=args, metrics=metrics, force=True)
         except (OSError, ValueError, RuntimeError) as e:
@@ -135,7 +122,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state), DIGEST: ocp.args.JsonRestore()}))
         state = jax.block_until_ready(restored[STATE])
-        if state_digest(state) != restored[DIGEST]["sha256"]:
+        if tree_digest(state) != restored[DIGEST]["sha256"]:
             raise DamagedCheckpointError(f"the arrays of checkpoint {step} do not match the "
                                          "digest saved with them")
         return state

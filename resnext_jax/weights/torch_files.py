@@ -21,7 +21,6 @@ when they are read back.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from resnext_jax.digest import tree_digest
 from resnext_jax.files import atomic_write
 from resnext_jax.weights.errors import WeightsFileError
 
@@ -58,16 +58,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                            f"{SAFETENSORS + TORCH_PICKLES} (or our own .msgpack)")
 
 
-def tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of ``tensors``."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
@@ -81,7 +71,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsFileError(f"{path} is not a readable safetensors file (truncated or "
                                f"damaged?): {err}") from err
-    if DIGEST_KEY in metadata and metadata[DIGEST_KEY] != tensors_digest(tensors):
+    if DIGEST_KEY in metadata and metadata[DIGEST_KEY] != tree_digest(tensors):
         raise WeightsFileError(f"{path} is damaged: its tensors do not match the sha256 "
                                "written with them; nothing was loaded")
     return tensors
@@ -96,7 +86,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     # np.ascontiguousarray would turn 0-d counters into shape (1,); copy keeps the shape.
     tensors = {k: np.asarray(v).copy(order="C") for k, v in tensors.items()}
     atomic_write(path, save(tensors, metadata={**(metadata or {}),
-                                               DIGEST_KEY: tensors_digest(tensors)}))
+                                               DIGEST_KEY: tree_digest(tensors)}))
 
 
 def _read_pth(path: str) -> dict[str, np.ndarray]:
