@@ -338,3 +338,20 @@ def test_pretrained_configs() -> None:
         assert 0.8 < t.crop_pct <= 1 and t.interpolation in ("bilinear", "bicubic")
     assert rx.get_pretrained_cfg("seresnext50_32x4d").name == "seresnext50_32x4d.racm_in1k"
     assert rx.list_pretrained("legacy_*")[0] == "legacy_seresnext50_32x4d.in1k"
+
+
+def test_an_unreachable_hub_is_named_within_seconds(tmp_path, monkeypatch):
+    """Not offline mode, but no network: huggingface_hub retries for half a minute and then
+    says the file is missing; this says the Hub cannot be reached, in a few seconds."""
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(WeightsFileError, match="cannot be reached.*`hf download timm/"):
+        rx.load("seresnext50_32x4d.racm_in1k")
+    assert time.perf_counter() - start < 5
