@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from flax.traverse_util import flatten_dict
 
+from resnext_jax.errors import run_cli
 from resnext_jax.model import count_params
 from resnext_jax.weights import LAYOUTS, WeightsError, load, native, read_state_dict
 
@@ -87,14 +88,14 @@ def convert(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         lines = convert(args)
-    except (WeightsError, ValueError) as err:
-        print(f"resnext_jax.convert: error: {err}", file=sys.stderr)
-        return 1
-    print(f"resnext_jax.convert: {args.src} -> {args.dst}")
-    print("\n".join("  " + line for line in lines))
-    return 0
+        print(f"resnext_jax.convert: {args.src} -> {args.dst}")
+        print("\n".join("  " + line for line in lines))
+        return 0
+
+    return run_cli("resnext_jax.convert", run)
 
 
 if __name__ == "__main__":

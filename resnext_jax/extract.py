@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from resnext_jax.digest import tree_digest
+from resnext_jax.errors import UsageError, run_cli
 from resnext_jax.files import atomic_write
 from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
 from resnext_jax.weights.native import architecture
@@ -83,10 +84,10 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
     from resnext_jax.parallel import parallel_apply
 
     if layer not in layers_of(model):
-        raise ValueError(f"unknown layer {layer!r}: this model has {', '.join(layers_of(model))}")
+        raise UsageError(f"unknown layer {layer!r}: this model has {', '.join(layers_of(model))}")
     needs_head = with_logits or layer == "logits"
     if needs_head and (model.num_classes == 0 or model.features_only):
-        raise ValueError("logits and --topk need a classifier head; this model has none "
+        raise UsageError("logits and --topk need a classifier head; this model has none "
                          "(num_classes=0 or features_only=True)")
 
     def outputs(module: Any, images: Any) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class ChunkStore:
             differ = sorted(k for k in settings.keys() | saved.keys()
                             if settings.get(k) != saved.get(k))
             if differ:
-                raise ValueError(f"{self.dir} holds results of another run (its "
+                raise UsageError(f"{self.dir} holds results of another run (its "
                                  f"{', '.join(differ)} differ); delete it or choose another "
                                  "--out")
         else:
@@ -205,7 +206,7 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
     from tqdm import tqdm
 
     if out.suffix not in (".npz", ".npy"):
-        raise ValueError(f"--out must end in .npz or .npy, got {out}")
+        raise UsageError(f"--out must end in .npz or .npy, got {out}")
     store = ChunkStore(out, {**(settings or {}), "layer": layer, "k": k,
                              "inputs": fingerprint(files), "weights": tree_digest(variables),
                              "model": {**architecture(model), "global_pool": model.global_pool,
@@ -249,7 +250,7 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
         flush()
     results = store.merged()
     if not results:
-        raise ValueError(f"none of the {len(files)} file(s) is a readable image")
+        raise UsageError(f"none of the {len(files)} file(s) is a readable image")
     _write_output(out, results, sorted(skipped))
     store.remove()
     return {**results, "skipped": skipped}
@@ -290,7 +291,7 @@ def _label_names(path: str | None, num_classes: int) -> list[str]:
     else:
         names = [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        raise ValueError(f"{path} has {len(names)} labels for a {num_classes}-class model")
+        raise UsageError(f"{path} has {len(names)} labels for a {num_classes}-class model")
     return names
 
 
@@ -334,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None and not args.topk:
         build_parser().error("give --out FILE, --topk K, or both")
+    return run_cli("resnext_jax.extract", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     import jax
 
     import resnext_jax as rx

@@ -1,27 +1,43 @@
 """Train or evaluate: ``python -m resnext_jax.main --config=NAME --workdir=DIR``.
 
 ``NAME`` is a packaged config (``digits``, ``finetune``, ``seresnext50_32x4d`` ...: the
-repository's ``configs/``) or a config file.
+repository's ``configs/``) or a config file. Overrides: ``--config.batch_size=512
+--config.optimizer.base_lr=0.2``. Rerunning the same command resumes from the newest
+checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint (``--step``, default the newest) or
+``--config.model.pretrained=WEIGHTS``. Several processes (a TPU pod slice, GPU nodes):
+``--distributed`` calls ``jax.distributed.initialize()``, which detects the cluster on TPU
+pods, SLURM, Open MPI and Kubernetes, or takes ``--coordinator_address --num_processes
+--process_id``.
 
-Overrides: ``--config.batch_size=512 --config.optimizer.base_lr=0.2``. Rerunning the same
-command resumes from the newest checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint
-(``--step``, default the newest) or ``--config.model.pretrained=NAME_OR_FILE``.
-Several processes (a TPU pod slice, GPU nodes): ``--distributed`` calls
-``jax.distributed.initialize()``, which detects the cluster on TPU pods, SLURM, Open MPI and
-Kubernetes, or takes ``--coordinator_address --num_processes --process_id``.
+A mistake in the command (an unknown config, key or model, a missing path, a workdir that
+cannot be written) is answered in one line with exit status 2; a run that fails (a NaN, a
+checkpoint that cannot be written) in one line with status 1. ``--verbose`` (or
+``RESNEXT_VERBOSE=1``) shows tracebacks and the libraries' logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
 import signal
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 
-import jax
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+# Before TensorFlow is first imported: its C++ INFO / WARNING lines, not errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resnext_jax.errors import UsageError  # noqa: E402
+from resnext_jax.zoo import get_entry  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "a config name (digits, finetune, ...) or a "
@@ -34,13 +50,22 @@ flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of pr
                     "(default: detected on TPU pods, SLURM, Open MPI, Kubernetes)")
 flags.DEFINE_integer("num_processes", None, "--distributed: number of processes")
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("verbose", False, "tracebacks and the libraries' logs")
+
+USAGE = "python -m resnext_jax.main --config=NAME --workdir=DIR [--config.KEY=VALUE ...]"
+# Lines that libraries print at start-up and that look like failures but are not.
+_KNOWN_NOTICES = re.compile(r"oneDNN custom operations are on|All log messages before "
+                            r"absl::InitializeLog|cpu_feature_guard|rebuild TensorFlow with "
+                            r"the appropriate compiler flags|Unable to initialize backend|"
+                            r"has no dataset_info\.json|Metadata file does not exist")
 
 
-class _QuietOrbax(logging.Filter):
-    """orbax logs every step of every save at INFO; keep its warnings and errors."""
+class _Quiet(logging.Filter):
+    """orbax logs every step of every save at INFO; known start-up notices are not news."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _KNOWN_NOTICES.search(record.getMessage()):
+            return False
         return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
@@ -51,6 +76,29 @@ class _Stopped(Exception):
 def _stop(signum, frame) -> None:
     del signum, frame
     raise _Stopped
+
+
+def _verbose() -> bool:
+    return FLAGS.verbose or os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr() -> Iterator[None]:
+    """Native libraries (TensorFlow's C++) print notices straight to file descriptor 2 while
+    they load; keep those we know, pass everything else through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _KNOWN_NOTICES.search(line):
+                    sys.stderr.write(line)
 
 
 def main(argv: list[str]) -> None:
@@ -67,37 +115,129 @@ def main(argv: list[str]) -> None:
 
 
 def _main() -> None:
-    absl_logging.get_absl_handler().addFilter(_QuietOrbax())
+    absl_logging.get_absl_handler().addFilter(_Quiet())
+    if not _verbose():
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if FLAGS.distributed:
         # On CPU, cross-process collectives need JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo.
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
-    from resnext_jax import train  # after initialize(): the backend starts here
-    from resnext_jax.ops import huge_pages_hint
-
-    logging.info("JAX %s on %d %s device(s), process %d of %d", jax.__version__,
-                 jax.device_count(), jax.default_backend(), jax.process_index(),
-                 jax.process_count())
-    if hint := huge_pages_hint():
-        logging.info("%s", hint)
+    try:  # the quick checks, before TensorFlow and the data load
+        if FLAGS.mode == "train":
+            _check_workdir(FLAGS.workdir)
+        if FLAGS.config.model.name:
+            get_entry(FLAGS.config.model.name)
+    except UsageError as e:
+        _fail(e, 2)
+    with _filtered_native_stderr():
+        from resnext_jax import train  # after initialize(): the backend starts here
+        from resnext_jax.data import DatasetNotFoundError
+        from resnext_jax.ops import huge_pages_hint
+    main_process = jax.process_index() == 0
+    if main_process:
+        print(f"resnext_jax: {FLAGS.mode} {FLAGS.config.model.name or 'the weights model'} "
+              f"on {jax.device_count()} {jax.default_backend()} device(s), "
+              f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", file=sys.stderr)
+        if hint := huge_pages_hint():
+            print(f"note: {hint}", file=sys.stderr)
+    start = time.perf_counter()
     try:
         if FLAGS.mode == "eval":
-            result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step)
+            result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step, report=_report)
         else:
             result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (UsageError, DatasetNotFoundError) as e:
+        _fail(e, 2)
     except (train.NonFiniteLossError, train.CheckpointError, train.WorkdirBusyError,
-            ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if jax.process_index() == 0:
+            OSError) as e:
+        _fail(e, 1)
+    if main_process and FLAGS.mode == "train":
+        _summary(result, FLAGS.workdir, time.perf_counter() - start)
         print(json.dumps(result))
 
 
-def _resolve_config(argv: list[str]) -> list[str]:
-    """``--config=digits``: a packaged config by name, from any working directory."""
-    from resnext_jax.train.config import config_path
+def _report(result: dict) -> None:
+    """An evaluation's result, shown before anything is written (which may fail)."""
+    if jax.process_index() == 0:
+        print(json.dumps(result), flush=True)
 
+
+def _check_workdir(workdir: str) -> None:
+    """A workdir that can be created and written, found before anything is created."""
+    if "://" in workdir:
+        return
+    existing = workdir
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing.rstrip("/")) or "."
+    if not os.path.isdir(existing):
+        raise UsageError(f"--workdir={workdir}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(f"--workdir={workdir} cannot be written ({err.strerror}: "
+                         f"{existing}); choose a folder you can write to") from None
+
+
+def _fail(error: BaseException, status: int) -> None:
+    if _verbose():
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _summary(result: dict, workdir: str, seconds: float) -> None:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                        if isinstance(v, float))
+    weights = os.path.join(workdir, "final_weights.msgpack")
+    print(f"done in {seconds:.0f} s: {metrics}\n"
+          f"  checkpoints  {os.path.join(workdir, 'checkpoints')}\n"
+          f"  metrics      {os.path.join(workdir, 'metrics.jsonl')} (and TensorBoard events)\n"
+          f"  weights      {weights}: resnext_jax.load({workdir!r})", file=sys.stderr)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing; every mistake is one line and exit status 2, ``--help`` lists the
+    configs."""
+    from resnext_jax.train.config import config_path, list_configs
+
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(f"{__doc__}\nUsage: {USAGE}\nconfigs: {', '.join(list_configs())}\n"
+              f"flags:\n{FLAGS.main_module_help()}")
+        sys.exit(0)
+    try:
+        argv = _resolve_config(argv, config_path)
+        for name in ("config", "workdir"):
+            if not any(a.startswith(f"--{name}") for a in argv[1:]):
+                raise UsageError(f"--{name} is required")
+        return FLAGS(argv)
+    except UsageError as e:
+        sys.exit(_usage(str(e)))
+    except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict
+        sys.exit(_usage(_unknown_key(e)))
+    except flags.Error as e:
+        sys.exit(_usage(str(e)))
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message} (--help lists the configs and flags)", file=sys.stderr)
+    return 2
+
+
+def _unknown_key(error: Exception) -> str:
+    """``unknown config key 'batchsize' (did you mean 'batch_size'?)`` from ml_collections'
+    message."""
+    text = " ".join(str(error.args[0] if error.args else error).replace("\\n", " ")
+                    .replace("\\", "").split())
+    key = re.search(r"'([^']+)'", text)
+    close = re.search(r'Did you mean "([^"]+)"', text)
+    return (f"unknown config key {key.group(1)!r}" if key else f"unknown config key: {text}") \
+        + (f" (did you mean {close.group(1)!r}?)" if close else "") \
+        + "; every key and its default is in resnext_jax/train/config.py"
+
+
+def _resolve_config(argv: list[str], config_path) -> list[str]:
+    """``--config=digits``: a packaged config by name, from any working directory."""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
@@ -105,22 +245,6 @@ def _resolve_config(argv: list[str]) -> list[str]:
         elif arg == "--config" and i + 1 < len(out):
             out[i + 1] = config_path(out[i + 1])
     return out
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing, with a one-line message for a config key that does not exist."""
-    try:
-        return FLAGS(_resolve_config(argv))
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
-    except (AttributeError, KeyError) as e:  # raised by the locked ConfigDict
-        text = str(e.args[0] if e.args else e).replace("\\n", " ")  # nested reprs
-        key = " ".join(text.replace("\\", "").replace("'", "").split())
-        sys.exit(f"error: unknown config key {key}; every key and its default is in "
-                 "resnext_jax/train/config.py (and configs/NAME.py)")
-    except flags.Error as e:
-        sys.exit(f"error: {e}\nUsage: python -m resnext_jax.main --config=configs/NAME.py "
-                 "--workdir=DIR [--config.KEY=VALUE ...]")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import difflib
 import fnmatch
 from typing import Any
 
+from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
 
@@ -62,7 +63,7 @@ def get_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (see resnext_jax.list_models())")
+        raise UsageError(f"unknown model {name!r}{hint} (see resnext_jax.list_models())")
     return _REGISTRY[name]
 
 

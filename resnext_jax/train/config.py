@@ -12,6 +12,8 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from resnext_jax.errors import UsageError
+
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -116,7 +118,7 @@ def config_path(name: str) -> str:
     if stem == name.removesuffix(".py").removeprefix("configs/") and os.path.isfile(candidate):
         return candidate
     known = ", ".join(list_configs())
-    raise FileNotFoundError(f"no config {name!r}: give a file path or one of {known}")
+    raise UsageError(f"no config {name!r}: give a config file or one of {known}")
 
 
 def config_folder() -> str:

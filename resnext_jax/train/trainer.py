@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from resnext_jax import data
+from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.ops import compiler_options
 from resnext_jax.train.checkpoint import Checkpointer
@@ -227,10 +230,10 @@ def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pre
     config sets; loaded with its weights when ``model.pretrained`` names some."""
     m = config.model
     if not m.name and not m.pretrained:
-        raise ValueError("config.model.name is empty: name a zoo model (resnext_jax."
+        raise UsageError("config.model.name is empty: name a zoo model (resnext_jax."
                          "list_models()), or set model.pretrained to weights that name theirs")
     if m.num_classes is not None and m.num_classes != num_classes:
-        raise ValueError(f"config.model.num_classes={m.num_classes}, but the data has "
+        raise UsageError(f"config.model.num_classes={m.num_classes}, but the data has "
                          f"{num_classes} classes; leave model.num_classes unset to use the "
                          "data's")
     overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
@@ -252,7 +255,7 @@ def eval_transform(config: ConfigDict, pretrained: Pretrained | None) -> Transfo
     try:
         return dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
     except ValueError as err:
-        raise ValueError(f"{err} (set config.data.mean / std / crop_pct / interpolation)") \
+        raise UsageError(f"{err} (set config.data.mean / std / crop_pct / interpolation)") \
             from None
 
 
@@ -262,7 +265,7 @@ def _check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1)
     if batch % unit:
         parts = f"the {devices} devices" + (f" x {micro_batches} grad_accum_steps"
                                             if micro_batches > 1 else "")
-        raise ValueError(
+        raise UsageError(
             f"{key}={batch} is not divisible by {parts}; use a multiple of {unit}, "
             f"e.g. --config.{key}={max(unit, batch // unit * unit)}")
 
@@ -299,13 +302,28 @@ class _Preemption:
 def train_and_evaluate(config: ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
     """Train (resuming from ``workdir`` when it holds checkpoints); returns the last eval."""
     workdir = os.fspath(workdir)
+    created = not tf.io.gfile.exists(workdir)
     tf.io.gfile.makedirs(workdir)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     try:
         return _train(config, workdir)
+    except BaseException:
+        if created and lock is not None:
+            _remove_if_empty(workdir)  # a run that never started leaves nothing behind
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _remove_if_empty(workdir: str) -> None:
+    """Remove a workdir this run created if it holds nothing but its lock and folders."""
+    if is_remote(workdir):
+        return
+    for _, _, files in os.walk(workdir):
+        if set(files) - {".lock"}:
+            return
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
@@ -316,6 +334,9 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
         write_text(os.path.join(workdir, WORKDIR_MODEL),
                    json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
     state, step = run.initial_state()
+    if step >= run.total_steps and main:
+        print(f"the run in {workdir} is already finished (step {step} of {run.total_steps}):"
+              " evaluating its final state", file=sys.stderr)
     writer, ckpt = MetricWriter(workdir, step), run.checkpointer
     spe = run.train_data.steps_per_epoch
     eval_every = int(config.eval_every_epochs * spe) if config.eval_every_epochs > 0 else 0
@@ -414,10 +435,11 @@ def _summarise(history: list[dict], elapsed: float, batch: int) -> dict[str, flo
     return mean
 
 
-def evaluate(config: ConfigDict, workdir: str | os.PathLike,
-             step: int | None = None) -> dict[str, float]:
+def evaluate(config: ConfigDict, workdir: str | os.PathLike, step: int | None = None,
+             report: Callable[[dict], None] | None = None) -> dict[str, float]:
     """Eval-only: a checkpoint of ``workdir`` (the newest, or ``step``), or the pretrained
-    weights of ``config.model.pretrained`` when the workdir has no checkpoint."""
+    weights of ``config.model.pretrained`` when the workdir has no checkpoint; appended to
+    ``workdir/eval_metrics.jsonl`` after ``report(result)``."""
     workdir = os.fspath(workdir)
     run = build(config, workdir, train=False)
     try:
@@ -433,6 +455,8 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike,
     finally:
         run.close()
     result = {"weights": source, "split": config.data.eval_split, **metrics}
+    if report is not None:  # before any write, which may fail
+        report(result)
     if jax.process_index() == 0:
         tf.io.gfile.makedirs(workdir)
         append_line(os.path.join(workdir, "eval_metrics.jsonl"), json.dumps(result))

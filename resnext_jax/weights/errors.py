@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict
 
+from resnext_jax.errors import UsageError
 
-class WeightsError(ValueError):
+
+class WeightsError(UsageError):
     """A checkpoint that cannot be loaded into the requested model (nothing was loaded)."""
 
 

@@ -1,0 +1,23 @@
+"""The project's own errors for requests that cannot be done as asked: the command lines
+answer them with their message alone (no traceback) and exit status 2."""
+
+import os
+import sys
+from collections.abc import Callable
+
+
+class UsageError(ValueError):
+    """An unknown name, a missing or unusable path, a value that does not fit; the message
+    names the problem and what to change."""
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> int:
+    """``main()``, with a usage error (or a missing file) answered in one line on stderr and
+    exit status 2; ``RESNEXT_VERBOSE=1`` shows the traceback instead."""
+    try:
+        return main()
+    except (UsageError, FileNotFoundError) as err:
+        if os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0"):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
