@@ -146,3 +146,15 @@ def test_read_pth_returns_the_containers():
     obj = read_pth(_read(PTH["zip"]))  # saved as {"state_dict": ..., "epoch": 3}
     assert obj["epoch"] == 3
     assert all(isinstance(v, np.ndarray) for v in obj["state_dict"].values())
+
+
+def test_a_torch_with_known_bypasses_is_not_used(monkeypatch):
+    """torch before 2.10 had published weights_only bypasses: only this module's reader."""
+    import types
+
+    from resnext_jax.weights import torch_files
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.5.1+cpu"))
+    assert torch_files._trusted_torch() is None
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.10.0"))
+    assert torch_files._trusted_torch() is not None

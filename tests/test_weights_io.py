@@ -355,3 +355,23 @@ def test_an_unreachable_hub_is_named_within_seconds(tmp_path, monkeypatch):
     with pytest.raises(WeightsFileError, match="cannot be reached.*`hf download timm/"):
         rx.load("seresnext50_32x4d.racm_in1k")
     assert time.perf_counter() - start < 5
+
+
+def test_writes_never_follow_a_link_planted_at_a_temporary_name(tiny, tmp_path):
+    """A fixed PATH.tmp would let a link planted there redirect the write to another file."""
+    from resnext_jax.files import atomic_write
+
+    model, variables = tiny
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    saved = rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.x", None, None),
+                          None)
+    writers = {"w.msgpack": saved.save, "w.safetensors": saved.export_torch,
+               "plain.bin": lambda path: atomic_write(path, b"data")}
+    for name, write in writers.items():
+        (tmp_path / f"{name}.tmp").symlink_to(victim)
+        write(tmp_path / name)
+        assert victim.read_text() == "keep me", name
+        assert (tmp_path / name).stat().st_size > 0 and not (tmp_path / name).is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == [
+        "plain.bin", "victim.txt", "w.msgpack", "w.safetensors"]  # no temporary files left
