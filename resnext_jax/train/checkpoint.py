@@ -28,9 +28,10 @@ from resnext_jax.train.files import is_remote
 from resnext_jax.weights.errors import tree_differences
 
 STATE, DIGEST = "state", "digest"
-# Status codes TensorStore puts in its errors: what a damaged file gives, and what says
-# nothing about the file (the storage, the network or the machine).
-_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION")
+# What TensorStore says in its errors about a damaged file (status codes, decoder messages),
+# and what says nothing about the file (the storage, the network or the machine).
+_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION",
+                 "Error decoding", "corruption detected")
 _TRANSIENT_CODES = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
                     "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED", "UNAUTHENTICATED")
 
