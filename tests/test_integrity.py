@@ -21,7 +21,7 @@ import resnext_jax as rx
 from resnext_jax.weights import WeightsFileError, read_state_dict
 
 EXAMPLES = int(os.environ.get("RESNEXT_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 OUTCOMES: dict[str, dict[str, int]] = {}
@@ -149,7 +149,7 @@ def checkpoints(tmp_path_factory):
     return root, states, files
 
 
-@settings(max_examples=max(EXAMPLES // 2, 5), deadline=None, database=None,
+@settings(max_examples=max(EXAMPLES // 2, 5), deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_checkpoints(checkpoints, tmp_path, data):

@@ -3,6 +3,7 @@ timm, legacy SENet) <-> Flax variables; safetensors / ``.pth`` files; Hub ids; o
 
 from resnext_jax.weights.errors import WeightsError, WeightsFileError
 from resnext_jax.weights.load import Pretrained, load
+from resnext_jax.weights.publish import push_to_hub, save_pretrained
 from resnext_jax.weights.torch_files import read_state_dict, write_safetensors
 from resnext_jax.weights.torch_names import (
     LAYOUTS,
@@ -14,5 +15,6 @@ from resnext_jax.weights.torch_names import (
 )
 
 __all__ = ["LAYOUTS", "LoadReport", "Pretrained", "WeightsError", "WeightsFileError",
-           "detect_layout", "flax_to_torch", "load", "model_layout", "read_state_dict",
+           "detect_layout", "flax_to_torch", "load", "model_layout", "push_to_hub",
+           "read_state_dict", "save_pretrained",
            "torch_to_flax", "write_safetensors"]

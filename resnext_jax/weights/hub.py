@@ -13,7 +13,8 @@ import urllib.parse
 
 from resnext_jax.weights.errors import WeightsFileError
 
-HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
+# Preferred first: our own file (save_pretrained also writes model.safetensors), then timm's.
+HUB_FILES = ("model.msgpack", "model.safetensors", "pytorch_model.bin")
 HUB_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -51,6 +51,7 @@ from resnext_jax.zoo import PretrainedCfg
 
 WORKDIR_MODEL = "model.json"  # what the trainer writes into a workdir about its model
 WORKDIR_WEIGHTS = "final_weights.msgpack"
+FOLDER_WEIGHTS = "model.msgpack"  # a folder written by save_pretrained (or a Hub copy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,23 +107,20 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
         overrides = {"num_classes": model.num_classes, **overrides}
     path = os.fspath(source)
     if os.path.isdir(path):
-        return _load_native(*_workdir(path), model, overrides, rng)
+        return _load_native(*_folder(path), model, overrides, rng)
     if os.path.isfile(path):
-        if path.endswith(native.SUFFIX):
-            return _load_native(path, *native.read(path), model, overrides, rng)
-        return _load_torch(path, read_state_dict(path), model, None, overrides, rng)
+        return _load_file(path, model, None, overrides, rng)
     cfg = _weight_set(path, model)
     if cfg is not None:
         if cfg.hf_hub_id is None:
             raise WeightsFileError(f"weight set {cfg.name!r} has no Hugging Face Hub copy: "
                                    f"download {cfg.url} and load the file")
         file = resolve_hub(cfg.hf_hub_id, cache_dir)
-        return _load_torch(file, read_state_dict(file), cfg.model, cfg, overrides, rng)
+        return _load_file(file, cfg.model, cfg, overrides, rng)
     if path.endswith(SAFETENSORS + TORCH_PICKLES + (native.SUFFIX,)) or _looks_local(path):
         raise WeightsFileError(f"no such file or folder: {path}")
     if is_hub_id(path):
-        file = resolve_hub(path, cache_dir)
-        return _load_torch(file, read_state_dict(file), model, None, overrides, rng)
+        return _load_file(resolve_hub(path, cache_dir), model, None, overrides, rng)
     raise WeightsFileError(f"{path!r} is neither a file or folder, a model or weight-set name "
                            "(resnext_jax.list_pretrained()) nor a Hub id such as "
                            "'timm/seresnext50_32x4d.racm_in1k'")
@@ -153,18 +151,26 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or (first != path and os.path.isdir(first))
 
 
-def _workdir(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """A training workdir's final weights, else its newest checkpoint."""
-    final = os.path.join(path, WORKDIR_WEIGHTS)
-    if os.path.isfile(final):
-        return (final, *native.read(final))
+def _load_file(path: str, model: str | ResNet | None, cfg: PretrainedCfg | None,
+               overrides: dict[str, Any], rng: jax.Array | None) -> Pretrained:
+    if path.endswith(native.SUFFIX):
+        return _load_native(path, *native.read(path), model, overrides, rng)
+    return _load_torch(path, read_state_dict(path), model, cfg, overrides, rng)
+
+
+def _folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A folder from save_pretrained, a training workdir's final weights, else its newest
+    checkpoint."""
+    for name in (FOLDER_WEIGHTS, WORKDIR_WEIGHTS):
+        if os.path.isfile(final := os.path.join(path, name)):
+            return (final, *native.read(final))
     spec = os.path.join(path, WORKDIR_MODEL)
     steps = sorted((int(os.path.basename(d)) for d in glob.glob(
         os.path.join(path, "checkpoints", "*")) if os.path.basename(d).isdigit()), reverse=True)
     if not os.path.isfile(spec) or not steps:
-        raise WeightsFileError(f"{path} is a folder but neither a training workdir with "
-                               f"{WORKDIR_WEIGHTS} nor one with {WORKDIR_MODEL} and "
-                               "checkpoints/")
+        raise WeightsFileError(f"{path} is a folder without weights: neither "
+                               f"{FOLDER_WEIGHTS} (save_pretrained), {WORKDIR_WEIGHTS} nor a "
+                               f"training workdir's {WORKDIR_MODEL} and checkpoints/")
     with open(spec, encoding="utf-8") as f:
         meta = json.load(f)
     checkpoint = os.path.join(path, "checkpoints", str(steps[0]))

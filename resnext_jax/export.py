@@ -1,0 +1,97 @@
+"""A model and its weights as a serialized StableHLO program, for serving without Python
+model code: ``python -m resnext_jax.export WEIGHTS OUT_DIR``.
+
+``export(pretrained, out_dir)`` writes ``model.stablehlo`` (``jax.export``, the weights
+inside, a symbolic batch dimension: any batch size runs) and ``model.json`` (the model, the
+input shape, and the transform its inputs need). The program uses XLA's own convolutions
+(``lowering="xla"``): the other lowerings' custom gradients and conditionals have no business
+in an inference graph. Read it back with :func:`load_exported` or
+``jax.export.deserialize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnext_jax.errors import UsageError, run_cli
+from resnext_jax.files import atomic_write
+from resnext_jax.weights import Pretrained, load
+
+PROGRAM, SPEC = "model.stablehlo", "model.json"
+OUTPUTS = ("logits", "pre_logits", "features")
+
+
+def export(pretrained: Pretrained, out_dir: str | os.PathLike, *, output: str = "logits",
+           image_size: int | None = None) -> dict[str, Any]:
+    """Write ``pretrained`` to ``out_dir`` (see the module docstring); ``output``: the
+    ``logits``, the pooled ``pre_logits``, or all ``features`` (a dict of maps). Returns
+    what ``model.json`` holds."""
+    if output not in OUTPUTS:
+        raise UsageError(f"output={output!r}: choose one of {OUTPUTS}")
+    model = pretrained.model.clone(lowering="xla", features_only=output == "features")
+    if output == "logits" and (model.num_classes == 0):
+        raise UsageError("this model has no classifier head: export output='pre_logits'")
+    size = image_size or pretrained.transform.size
+    variables = jax.tree_util.tree_map(jnp.asarray, pretrained.variables)
+
+    def forward(images: jax.Array) -> Any:
+        if output == "pre_logits":
+            maps = model.apply(variables, images, method=model.forward_features)
+            return model.apply(variables, maps[f"layer{len(model.layers)}"], pre_logits=True,
+                               method=model.forward_head)
+        return model.apply(variables, images)
+
+    (batch,) = jax.export.symbolic_shape("batch")
+    shape = jax.ShapeDtypeStruct((batch, size, size, model.in_chans), jnp.float32)
+    exported = jax.export.export(jax.jit(forward))(shape)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(os.path.join(out_dir, PROGRAM), bytes(exported.serialize()))
+    spec = {"model": pretrained.cfg.name, "output": output,
+            "input": {"shape": ["batch", size, size, model.in_chans], "dtype": "float32",
+                      "layout": "NHWC"},
+            "transform": pretrained.transform.to_dict(),
+            "platforms": list(exported.platforms), "jax": jax.__version__}
+    atomic_write(os.path.join(out_dir, SPEC), json.dumps(spec, indent=2).encode())
+    return spec
+
+
+def load_exported(out_dir: str | os.PathLike) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """``(run, spec)`` of an export: ``run(images)`` calls the deserialized program."""
+    with open(os.path.join(out_dir, PROGRAM), "rb") as stream:
+        exported = jax.export.deserialize(bytearray(stream.read()))
+    with open(os.path.join(out_dir, SPEC), encoding="utf-8") as stream:
+        spec = json.load(stream)
+    return lambda images: exported.call(np.asarray(images, np.float32)), spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_jax.export",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("weights", help="anything resnext_jax.load reads")
+    parser.add_argument("out_dir", help="folder for model.stablehlo and model.json")
+    parser.add_argument("--model", help="zoo name, when the weights do not say")
+    parser.add_argument("--output", choices=OUTPUTS, default="logits")
+    parser.add_argument("--image-size", type=int, help="default: the weights' own")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        spec = export(load(args.weights, args.model), args.out_dir, output=args.output,
+                      image_size=args.image_size)
+        print(f"resnext_jax.export: {spec['model']} -> {args.out_dir}/{PROGRAM} "
+              f"({spec['output']} of {spec['input']['shape']} NHWC float32, any batch)")
+        return 0
+
+    return run_cli("resnext_jax.export", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

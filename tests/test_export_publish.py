@@ -1,0 +1,74 @@
+"""Serving and sharing: StableHLO export (any batch size), Hub-ready folders that this
+project, timm and PyTorch read."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnext_jax as rx
+from resnext_jax import export
+from resnext_jax.weights import read_state_dict
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = rx.create_model("tiny_seresnext", zero_init_last=False)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    cfg = rx.PretrainedCfg("tiny_seresnext.test", None, 42.5,
+                           rx.Transform(size=32, interpolation="bicubic"))
+    return rx.Pretrained(model.clone(pretrained_cfg=cfg), variables, cfg, None)
+
+
+@pytest.mark.parametrize("output", ["logits", "features"])
+def test_stablehlo_export_runs_any_batch_size(tiny, tmp_path, output):
+    spec = export.export(tiny, tmp_path, output=output)
+    assert spec["transform"]["interpolation"] == "bicubic" and spec["input"]["shape"][0] == \
+        "batch"
+    run, _ = export.load_exported(tmp_path)
+    reference = tiny.model.clone(features_only=output == "features")
+    for batch in (1, 3):  # traced once, with a symbolic batch
+        x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
+        for got, want in zip(jax.tree_util.tree_leaves(run(x)),
+                             jax.tree_util.tree_leaves(reference.apply(tiny.variables, x)),
+                             strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_export_command_line_and_its_mistakes(tiny, tmp_path, capsys):
+    tiny.save(tmp_path / "w.msgpack")
+    assert export.main([str(tmp_path / "w.msgpack"), str(tmp_path / "out"), "--output",
+                        "pre_logits"]) == 0
+    run, spec = export.load_exported(tmp_path / "out")
+    assert run(np.zeros((2, 32, 32, 3), np.float32)).shape == (2, 512)
+    headless = rx.Pretrained(tiny.model.clone(num_classes=0), {
+        "params": {k: v for k, v in tiny.variables["params"].items() if k != "fc"},
+        "batch_stats": tiny.variables["batch_stats"]}, tiny.cfg, None)
+    with pytest.raises(rx.errors.UsageError, match="no classifier head"):
+        export.export(headless, tmp_path / "x")
+
+
+def test_save_pretrained_reads_back_every_way(tiny, tmp_path):
+    folder = rx.save_pretrained(tiny, tmp_path / "hub", metrics={"eval/top1": 0.425},
+                                training_config={"batch_size": 64})
+    ours = rx.load(folder)  # model.msgpack: the same arrays, architecture and transform
+    for a, b in zip(jax.tree_util.tree_leaves(ours.variables),
+                    jax.tree_util.tree_leaves(tiny.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert ours.cfg == tiny.cfg
+    # The PyTorch-layout copy, as timm and PyTorch read it: the same logits.
+    torch_layout = rx.load(f"{folder}/model.safetensors")
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(torch_layout.model.apply(torch_layout.variables, x),
+                               tiny.model.apply(tiny.variables, x), rtol=1e-6, atol=1e-6)
+    assert "fc.weight" in read_state_dict(f"{folder}/model.safetensors")
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["architecture"] == "tiny_seresnext" and config["num_classes"] == 10
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["pretrained_cfg"]["interpolation"] == "bicubic"
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "top-1: 42.500 %" in card and '"batch_size": 64' in card and "eval/top1" in card
