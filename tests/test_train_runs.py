@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -288,8 +289,10 @@ def test_checkpoints_of_another_model_stop_the_run_untouched(tmp_path, reference
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
 
 
-def test_readme_load_what_you_trained_snippet(reference, tmp_path, monkeypatch):
-    """The README's snippet after its main command (here: the reference run's workdir)."""
+@pytest.mark.parametrize("name", ["load-trained", "nnx", "serve-and-share"])
+def test_readme_snippets_after_the_main_command(name, reference, tmp_path, monkeypatch):
+    """The README's snippets that start from the main command's workdir (here: the
+    reference run's), run verbatim."""
     sys.path.insert(0, os.path.dirname(__file__))
     from PIL import Image
     from readme_snippets import snippet
@@ -299,9 +302,22 @@ def test_readme_load_what_you_trained_snippet(reference, tmp_path, monkeypatch):
     os.symlink(reference[0], "runs/digits")
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save("digit.png")
     scope: dict = {}
-    exec(snippet("load-trained"), scope)  # noqa: S102 - the README's own code
-    assert scope["logits"].shape == (1, 10)
-    assert scope["trained"].cfg.name == f"digits_seresnext.{os.path.basename(reference[0])}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the new head's warning
+        exec(snippet(name), scope)  # noqa: S102 - the README's own code
+    if name == "load-trained":
+        assert scope["logits"].shape == (1, 10)
+        assert scope["trained"].cfg.name == \
+            f"digits_seresnext.{os.path.basename(reference[0])}"
+    elif name == "nnx":
+        assert scope["logits"].shape == (8, 3) and np.isfinite(float(scope["loss"]))
+    else:
+        assert scope["logits"].shape == (5, 10)
+        np.testing.assert_allclose(
+            scope["logits"], scope["trained"].model.apply(scope["trained"].variables,
+                                                          np.zeros((5, 8, 8, 1), np.float32)),
+            rtol=1e-5, atol=1e-5)
+        assert scope["again"].cfg == scope["trained"].cfg
 
 
 def test_sigterm_in_start_up_and_ctrl_c_in_training_stop_cleanly(tmp_path, digits_ready):
