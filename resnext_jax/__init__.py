@@ -1,6 +1,8 @@
 """ResNeXt and SE-ResNeXt for JAX / Flax: backbones, a model zoo, ported weights, training."""
 
-from resnext_jax import errors, nnx
+import importlib
+
+from resnext_jax import errors
 from resnext_jax.flops import count_macs
 from resnext_jax.model import ResNet, count_params
 from resnext_jax.ops import compiler_options
@@ -19,6 +21,13 @@ from resnext_jax.zoo import (
 )
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    # Flax NNX (and the optax it imports) load on first use of ``rx.nnx`` only.
+    if name == "nnx":
+        return importlib.import_module("resnext_jax.nnx")
+    raise AttributeError(f"module 'resnext_jax' has no attribute {name!r}")
 
 __all__ = [
     "Pretrained", "PretrainedCfg", "ResNet", "Transform", "WeightsError", "compiler_options",

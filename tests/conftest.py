@@ -1,5 +1,17 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU even where an accelerator is present, and keep TensorFlow quiet.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One compilation cache for this test session, shared with the subprocesses it starts (the
+# main job, the CLIs and the notebooks compile the same programs again and again: about half
+# of a small run's time). A fresh private directory: a cache is trusted code, never shared.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="resnext_jax_test_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

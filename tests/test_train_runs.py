@@ -114,7 +114,7 @@ def test_reference_run_writes_metrics_checkpoints_and_progress(reference):
         assert trained.cfg.top1 == pytest.approx(100 * final["eval/top1"])
     # A second run of the same command finds the finished run and only evaluates.
     again = _ok(_run(_cmd(workdir)))
-    assert "resuming from step 8" in again.stderr
+    assert "already finished (step 8 of 8)" in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["eval/top1"] == final["eval/top1"]
 
 
@@ -255,14 +255,19 @@ def test_full_disk_while_saving_keeps_what_was_written(tmp_path, reference):
     assert sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints"))
                   if d.isdigit()) == ["4"]
     _params(workdir, 4)  # still readable
+    # The records up to the checkpoint it resumed from are kept as they were (the later ones
+    # are the run's to write again); every line is whole.
+    kept = [line for line in before.splitlines() if json.loads(line)["step"] <= 4]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        assert f.read().startswith(before)
+        after = f.read().splitlines()
+    assert after[:len(kept)] == kept
+    assert all(json.loads(line)["step"] > 4 for line in after[len(kept):])
 
 
 def test_bad_flags_and_batch_fail_with_clear_messages(tmp_path, digits_ready):
     result = _run(_cmd(tmp_path, "--config.optimizer.nam=sgd"))
     assert result.returncode != 0
-    assert "unknown config key" in result.stderr and 'Did you mean "name"' in result.stderr
+    assert "unknown config key 'nam' (did you mean 'name'?)" in result.stderr
     result = _run(_cmd(tmp_path, "--config.batch_size=12"), devices=8)
     assert result.returncode == 1
     assert "batch_size=12 is not divisible by the 8 devices" in result.stderr

@@ -166,11 +166,7 @@ class Trainer:
     def initial_state(self) -> tuple[TrainState, int]:
         """The newest readable checkpoint of this workdir, else a fresh state."""
         restored = self.restore()
-        if restored is not None:
-            logging.info("resuming from step %d of %s", restored[1],
-                         self.checkpointer.directory)
-            return restored
-        return self.fresh_state(), 0
+        return restored if restored is not None else (self.fresh_state(), 0)
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
@@ -337,6 +333,9 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
     if step >= run.total_steps and main:
         print(f"the run in {workdir} is already finished (step {step} of {run.total_steps}):"
               " evaluating its final state", file=sys.stderr)
+    elif step and main:
+        print(f"resuming from step {step} of {run.total_steps} ({run.checkpointer.directory})",
+              file=sys.stderr)
     writer, ckpt = MetricWriter(workdir, step), run.checkpointer
     spe = run.train_data.steps_per_epoch
     eval_every = int(config.eval_every_epochs * spe) if config.eval_every_epochs > 0 else 0
