@@ -269,7 +269,7 @@ def test_bad_flags_and_batch_fail_with_clear_messages(tmp_path, digits_ready):
     assert result.returncode != 0
     assert "unknown config key 'nam' (did you mean 'name'?)" in result.stderr
     result = _run(_cmd(tmp_path, "--config.batch_size=12"), devices=8)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, like every command-line mistake
     assert "batch_size=12 is not divisible by the 8 devices" in result.stderr
 
 
