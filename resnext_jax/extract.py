@@ -387,4 +387,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from resnext_jax.ops import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # XLA:CPU's per-batch buffers on huge pages (README "Speed")
     sys.exit(main())

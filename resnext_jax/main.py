@@ -37,6 +37,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from resnext_jax.errors import UsageError  # noqa: E402
+from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
 from resnext_jax.zoo import get_entry  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -132,14 +133,11 @@ def _main() -> None:
     with _filtered_native_stderr():
         from resnext_jax import train  # after initialize(): the backend starts here
         from resnext_jax.data import DatasetNotFoundError
-        from resnext_jax.ops import huge_pages_hint
     main_process = jax.process_index() == 0
     if main_process:
         print(f"resnext_jax: {FLAGS.mode} {FLAGS.config.model.name or 'the weights model'} "
               f"on {jax.device_count()} {jax.default_backend()} device(s), "
               f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", file=sys.stderr)
-        if hint := huge_pages_hint():
-            print(f"note: {hint}", file=sys.stderr)
     start = time.perf_counter()
     try:
         if FLAGS.mode == "eval":
@@ -248,4 +246,5 @@ def _resolve_config(argv: list[str], config_path) -> list[str]:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # XLA:CPU's per-step buffers on huge pages (README "Speed")
     app.run(main, flags_parser=parse_flags)

@@ -6,6 +6,9 @@ import tempfile
 # Tests run on the CPU even where an accelerator is present, and keep TensorFlow quiet.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The command lines re-execute themselves with this (resnext_jax.ops.reexec_with_huge_pages,
+# tested on its own); the subprocesses here start with it and skip that second start.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 # One compilation cache for this test session, shared with the subprocesses it starts (the
 # main job, the CLIs and the notebooks compile the same programs again and again: about half

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import resnext_jax as rx
 from resnext_jax import hlo
+from resnext_jax.train.mixing import Mixing
 from resnext_jax.train.steps import create_state, make_eval_step, make_train_step
 
 assert jax.device_count() == 8, jax.devices()
@@ -48,7 +49,8 @@ def _variables(name: str) -> dict:
     return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
 
 
-def train_case(name: str, lowering: str, accum: int, dtype: str, drop_path: float) -> dict:
+def train_case(name: str, lowering: str, accum: int, dtype: str, drop_path: float,
+               mixing: Mixing) -> dict:
     model = rx.create_model(name, lowering=lowering, dtype=jnp.dtype(dtype),
                             drop_path_rate=drop_path)
     tx = optax.sgd(0.1, momentum=0.9)
@@ -59,7 +61,7 @@ def train_case(name: str, lowering: str, accum: int, dtype: str, drop_path: floa
                                             _variables(name)), replicated)
         step = jax.jit(make_train_step(
             model, tx, optax.constant_schedule(0.1), num_classes=10, label_smoothing=0.1,
-            ema_decay=0.0, accum_steps=accum, seed=0, mesh=mesh),
+            ema_decay=0.0, accum_steps=accum, seed=0, mesh=mesh, mixing=mixing),
             out_shardings=(replicated, replicated))
         batch = _batch(mesh)
         train = {k: v for k, v in batch.items() if k != "mask"}
@@ -149,10 +151,12 @@ def readme_case() -> dict:
 
 
 def main() -> None:
-    cases = {  # (model, lowering, grad_accum_steps, compute dtype, drop_path_rate)
-        "resnext_fast": ("tiny_resnext", "fast", 1, "float32", 0.0),
-        "seresnext_fast_accum_droppath": ("tiny_seresnext", "fast", 2, "float32", 0.2),
-        "seresnext_xla_bf16_accum": ("tiny_seresnext", "xla", 2, "bfloat16", 0.0),
+    mixing = Mixing(mixup_alpha=0.8, cutmix_alpha=1.0)
+    cases = {  # (model, lowering, grad_accum_steps, compute dtype, drop_path_rate, mixing)
+        "resnext_fast": ("tiny_resnext", "fast", 1, "float32", 0.0, Mixing()),
+        "seresnext_fast_accum_droppath_mixing": ("tiny_seresnext", "fast", 2, "float32", 0.2,
+                                                 mixing),
+        "seresnext_xla_bf16_accum": ("tiny_seresnext", "xla", 2, "bfloat16", 0.0, Mixing()),
     }
     only = os.environ.get("SHARDED_CHECKS")
     result = {key: train_case(*args) for key, args in cases.items()

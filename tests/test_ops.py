@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from resnext_jax import create_model, ops
+from resnext_jax.ops import compiler
 from resnext_jax.ops.grouped import use_direct
 
 FAST = [name for name in ops.LOWERINGS if name not in ("xla", "auto")]
@@ -180,6 +181,36 @@ def test_huge_pages_hint(monkeypatch):
     hint = ops.huge_pages_hint("cpu")
     if hint is not None:  # Linux, glibc >= 2.35, transparent huge pages available
         assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in hint
+
+
+REEXEC = """
+import os, sys
+from resnext_jax.ops import reexec_with_huge_pages
+print(os.getpid(), flush=True)
+reexec_with_huge_pages()
+print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("tunables, after", [
+    (None, "glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the opt-out
+])
+def test_command_lines_restart_themselves_with_huge_pages(tunables, after):
+    if not compiler._huge_pages_supported():
+        pytest.skip("no glibc >= 2.35 with transparent huge pages here")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    done = subprocess.run([sys.executable, "-c", REEXEC, "--flag", "a b"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    *starts, last = done.stdout.splitlines()
+    pid, seen, argv = last.split(None, 2)
+    # One restart at most; exec keeps the process id, the command line and the environment.
+    assert starts == [pid] * (1 if tunables == after else 2)
+    assert seen == after and argv == "['--flag', 'a b']"
 
 
 def test_direct_form_is_computed_once_per_use():

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e  # subprocesses: see pyproject.toml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATHERS = ("all-gather", "all-to-all", "reduce-scatter", "collective-permute")
-TRAIN_CASES = ("resnext_fast", "seresnext_fast_accum_droppath", "seresnext_xla_bf16_accum")
+TRAIN_CASES = ("resnext_fast", "seresnext_fast_accum_droppath_mixing",
+               "seresnext_xla_bf16_accum")
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,16 @@ from resnext_jax.train.optim import (
     create_optimizer,
     create_schedule,
     decay_mask,
+    lr_multipliers,
     peak_learning_rate,
 )
-from resnext_jax.train.steps import create_state, cross_entropy, make_eval_step, make_train_step
+from resnext_jax.train.steps import (
+    create_state,
+    cross_entropy,
+    ema_decay_at,
+    make_eval_step,
+    make_train_step,
+)
 
 
 def _opt(**kw):
@@ -69,13 +76,33 @@ def test_weight_decay_skips_batchnorm_and_biases():
     assert not flat["fc/bias"] and not flat["layer1_0/se/fc1/bias"]
     params = variables["params"]
     zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for name in ("sgd", "adamw", "lamb"):
+    for name in ("sgd", "adamw", "lamb", "lars"):
         tx = create_optimizer(_opt(name=name, weight_decay=0.1), optax.constant_schedule(1.0))
         updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
         assert np.all(np.asarray(updates["stem"]["bn1"]["scale"]) == 0), name
         assert np.any(np.asarray(updates["stem"]["conv1"]["kernel"]) != 0), name
     with pytest.raises(ValueError, match="optimizer.name='adam'"):
         create_optimizer(_opt(name="adam"), optax.constant_schedule(1.0))
+
+
+def test_per_part_learning_rate_multipliers_scale_the_updates():
+    _, variables = _tiny()
+    params, parts = variables["params"], ("stem", "layer1", "layer2", "layer3", "fc")
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    multipliers = lr_multipliers(params, parts, {"stem": 0.1, "fc": 2.0, "layer4": 1.0})
+    for name in ("sgd", "adamw"):
+        opt = _opt(name=name, weight_decay=0.1)
+        plain = create_optimizer(opt, optax.constant_schedule(0.5))
+        scaled = create_optimizer(opt, optax.constant_schedule(0.5), multipliers=multipliers)
+        ref, _ = plain.update(grads, plain.init(params), params)
+        got, _ = scaled.update(grads, scaled.init(params), params)
+        for part, factor in (("stem", 0.1), ("layer1_0", 1.0), ("fc", 2.0)):
+            for a, b in zip(jax.tree_util.tree_leaves(got[part]),
+                            jax.tree_util.tree_leaves(ref[part]), strict=True):
+                np.testing.assert_allclose(a, factor * b, rtol=1e-6, err_msg=f"{name} {part}")
+    assert lr_multipliers(params, parts, {"stem": 1.0, "layer4": 1.0}) is None
+    with pytest.raises(ValueError, match=r"names \['layer4'\], which this model does not have"):
+        lr_multipliers(params, parts, {"layer4": 0.5})
 
 
 def test_label_smoothing_cross_entropy():
@@ -120,7 +147,9 @@ def test_gradient_accumulation_equals_the_full_batch(accum):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_train_step_updates_ema_and_reports_metrics():
+def test_ema_averages_weights_and_batchnorm_statistics_like_timm():
+    """timm's ModelEmaV3: the first update copies, then ``decay * ema + (1 - decay) * new``
+    over the parameters and the BatchNorm statistics; the eval step reports both."""
     model, variables = _tiny()
     tx = optax.sgd(0.05, momentum=0.9)
     state = jax.jit(lambda r: create_state(model, tx, r, (32, 32, 3), ema=True))(
@@ -130,15 +159,30 @@ def test_train_step_updates_ema_and_reports_metrics():
                                    mesh=_mesh()))
     batch = {"image": jax.random.normal(jax.random.key(2), (4, 32, 32, 3)),
              "label": jnp.array([0, 1, 2, 3])}
-    new, m = step(state, batch)
-    assert int(new.step) == 1 and bool(m["finite"])
+    one, m = step(state, batch)
+    two, _ = step(one, batch)
+    assert int(two.step) == 2 and bool(m["finite"])
     assert float(m["learning_rate"]) == pytest.approx(0.05)
-    for e, p0, p1 in zip(jax.tree_util.tree_leaves(new.ema_params),
-                         jax.tree_util.tree_leaves(state.params),
-                         jax.tree_util.tree_leaves(new.params), strict=True):
-        np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-7)
-    assert not np.allclose(new.batch_stats["stem"]["bn1"]["mean"],
-                           state.batch_stats["stem"]["bn1"]["mean"])
+
+    def weights(s):
+        return jax.tree_util.tree_leaves({"params": s.params, "batch_stats": s.batch_stats})
+
+    assert len(jax.tree_util.tree_leaves(two.ema)) == len(weights(two))
+    for e1, e2, w1, w2 in zip(jax.tree_util.tree_leaves(one.ema),
+                              jax.tree_util.tree_leaves(two.ema), weights(one), weights(two),
+                              strict=True):
+        np.testing.assert_allclose(e1, w1)
+        np.testing.assert_allclose(e2, 0.9 * e1 + 0.1 * w2, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(two.ema["batch_stats"]["stem"]["bn1"]["mean"],
+                           two.batch_stats["stem"]["bn1"]["mean"])
+    # Warm-up: 0, then 1 - (1 + n) ** -2/3 after n updates, capped by the decay.
+    decays = [float(ema_decay_at(jnp.array(s), 0.9999, True)) for s in (1, 2, 10**9)]
+    np.testing.assert_allclose(decays, [0.0, 1 - 2 ** (-2 / 3), 0.9999], rtol=1e-6)
+    # The moving average is evaluated alongside the weights (equal after the first copy).
+    evaluate = jax.jit(make_eval_step(model, num_classes=5, use_ema=True, mesh=_mesh()))
+    sums = evaluate(one, {**batch, "mask": jnp.ones(4)})
+    assert sums.keys() == {"loss", "top1", "top5", "count", "ema_loss", "ema_top1", "ema_top5"}
+    np.testing.assert_allclose(sums["ema_loss"], sums["loss"], rtol=1e-6)
 
 
 def test_eval_step_ignores_padding():
@@ -156,23 +200,32 @@ def test_eval_step_ignores_padding():
         np.testing.assert_allclose(padded[k], full[k], rtol=1e-5)
 
 
-def test_synthetic_throughput_config_runs_in_process(tmp_path):
-
+def test_synthetic_config_runs_in_process_with_the_recipe_options(tmp_path):
+    """bf16 compute, LARS, per-part learning rates, Mixup / CutMix and an EMA with warm-up
+    that is evaluated beside the weights and is what the run exports."""
     from resnext_jax.train import train_and_evaluate
 
     config = _synthetic()
     config.num_train_steps, config.log_every_steps = 3, 1
     config.model.dtype = "bfloat16"  # compute; parameters stay float32
+    config.optimizer.name = "lars"
+    config.optimizer.lr_multipliers.stem = 0.1
+    config.mixing.mixup_alpha, config.mixing.cutmix_alpha = 0.8, 1.0
+    config.ema_decay, config.ema_warmup = 0.999, True
     result = train_and_evaluate(config, str(tmp_path))
-    assert set(result) == {"eval/loss", "eval/top1", "eval/top5"}
-    assert np.isfinite(result["eval/loss"])
+    assert set(result) == {f"eval/{p}{k}" for p in ("", "ema_") for k in ("loss", "top1", "top5")}
+    assert np.isfinite(result["eval/loss"]) and np.isfinite(result["eval/ema_loss"])
     import resnext_jax as rx
 
     trained = rx.load(tmp_path)
     assert trained.variables["params"]["fc"]["kernel"].dtype == np.float32
+    assert trained.cfg.top1 == pytest.approx(100 * result["eval/ema_top1"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if "train/images_per_sec" in line]) == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+    with pytest.raises(rx.errors.UsageError, match="even number"):
+        config.batch_size = 7
+        train_and_evaluate(config, str(tmp_path / "odd"))
 
 
 def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from typing import Any
 
 import jax
@@ -57,24 +58,60 @@ def compiler_options(*, train: bool, backend: str | None = None) -> dict[str, An
     return dict(options)
 
 
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def _huge_pages_supported() -> bool:
+    """Linux with glibc >= 2.35 (which reads the tunable) and transparent huge pages on."""
+    if platform.system() != "Linux":
+        return False
+    name, version = platform.libc_ver()
+    if name != "glibc" or tuple(int(v) for v in version.split(".")[:2]) < (2, 35):
+        return False
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def _tunable_chosen() -> bool:
+    return "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
+
+
 def huge_pages_hint(backend: str | None = None) -> str | None:
     """A one-line hint when a Linux CPU run would be faster with glibc's huge-page malloc.
 
     ``None`` off the CPU, off Linux / glibc < 2.35, when transparent huge pages are disabled,
     or when ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb``.
     """
-    if (backend or jax.default_backend()) != "cpu" or platform.system() != "Linux":
+    if (backend or jax.default_backend()) != "cpu" or _tunable_chosen():
         return None
-    if "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
-        return None
-    name, version = platform.libc_ver()
-    if name != "glibc" or tuple(int(v) for v in version.split(".")[:2]) < (2, 35):
-        return None
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            if "[never]" in f.read():
-                return None
-    except OSError:
+    if not _huge_pages_supported():
         return None
     return ("CPU training runs up to 1.3x faster with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
             "set before Python starts (huge pages for XLA's per-step buffers; README \"Speed\")")
+
+
+def reexec_with_huge_pages() -> None:
+    """Restart this process, same interpreter and command line, with glibc's huge-page malloc.
+
+    For the project's own command lines and benchmarks, called first thing (the tunable is
+    read only at process start, so nothing in a running process can turn it on). Does
+    nothing off Linux / glibc < 2.35, without transparent huge pages, when ``JAX_PLATFORMS``
+    leaves out the CPU, or when ``GLIBC_TUNABLES`` already names ``glibc.malloc.hugetlb``
+    (``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out). The cost is one more start of the
+    interpreter and the imports so far (about 1.5 s on 2 cores).
+    """
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if _tunable_chosen() or (platforms and "cpu" not in platforms.split(",")):
+        return
+    if not _huge_pages_supported():
+        return
+    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGE_PAGES]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": tunables})
+    except OSError:  # an interpreter that cannot be re-run: go on without huge pages
+        pass

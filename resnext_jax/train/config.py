@@ -23,7 +23,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = 90.0
     c.num_train_steps = -1  # > 0 overrides num_epochs
     c.label_smoothing = 0.0
-    c.ema_decay = 0.0  # > 0 keeps an EMA of the weights and evaluates it
+    c.ema_decay = 0.0  # > 0 keeps an EMA of weights and BatchNorm statistics, evaluated too
+    c.ema_warmup = False  # timm's ModelEmaV3 warm-up: decay min(ema_decay, 1 - (1+n)^-2/3)
     c.grad_accum_steps = 1  # micro-batches per step when the batch does not fit
     c.log_every_steps = 100
     c.eval_every_epochs = 1.0  # 0: only at the end
@@ -65,8 +66,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.num_shards = 0  # 0: one per process. Same value => same global batches anywhere
     c.data.bad_images = "skip"  # unreadable images in a folder: "skip" (counted) or "fail"
 
+    # Mixup / CutMix on the device, timm's semantics (resnext_jax/train/mixing.py); on when an
+    # alpha is > 0. Needs an even number of rows per device.
+    c.mixing = ml_collections.ConfigDict()
+    c.mixing.mixup_alpha = 0.0
+    c.mixing.cutmix_alpha = 0.0
+    c.mixing.prob = 1.0  # of mixing a batch at all
+    c.mixing.switch_prob = 0.5  # of CutMix rather than Mixup when both alphas are > 0
+
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # "sgd", "adamw" or "lamb"
+    c.optimizer.name = "sgd"  # "sgd", "adamw", "lamb" or "lars"
     c.optimizer.base_lr = 0.1  # per 256 images
     c.optimizer.scale_by_batch = True  # lr = base_lr * batch_size / 256
     c.optimizer.momentum = 0.9
@@ -75,6 +84,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.weight_decay = 1e-4  # never on BatchNorm parameters or biases
     c.optimizer.grad_clip_norm = 0.0
+    c.optimizer.trust_coefficient = 0.001  # "lars"
+    # Per-part learning-rate multipliers (fine-tuning: e.g. 0.1 for the stem and layer1).
+    c.optimizer.lr_multipliers = ml_collections.ConfigDict(
+        {part: 1.0 for part in ("stem", "layer1", "layer2", "layer3", "layer4", "fc")})
     c.optimizer.schedule = "cosine"  # "cosine", "step" or "constant", after the warmup
     c.optimizer.warmup_epochs = 5.0
     c.optimizer.decay_epochs = (30, 60, 80)  # "step": multiply by decay_factor at each

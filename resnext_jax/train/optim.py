@@ -8,7 +8,7 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
-OPTIMIZERS = ("sgd", "adamw", "lamb")
+OPTIMIZERS = ("sgd", "adamw", "lamb", "lars")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -43,26 +43,48 @@ def decay_mask(params: Any) -> Any:
         lambda path, p: path[-1].key == "kernel" and p.ndim > 1, params)
 
 
+def _part(path: tuple) -> str:
+    """A parameter's part of ``ResNet.parts``: its first path component is ``stem``,
+    ``layerS_I`` or ``fc``."""
+    return path[0].key.split("_")[0]
+
+
 def frozen_labels(params: Any, parts: tuple[str, ...], train_from: str) -> Any:
-    """``"frozen"`` for the parameters of the parts before ``train_from`` (``ResNet.parts``;
-    a parameter's first path component is ``stem``, ``layerS_I`` or ``fc``), else
-    ``"train"``."""
+    """``"frozen"`` for the parameters of the parts before ``train_from``, else ``"train"``."""
     first = parts.index(train_from)
-
-    def label(path: tuple, _: Any) -> str:
-        part = path[0].key.split("_")[0]
-        return "frozen" if parts.index(part) < first else "train"
-
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if parts.index(_part(path)) < first else "train", params)
 
 
-def create_optimizer(opt: ConfigDict, schedule: optax.Schedule,
-                     frozen: Any = None) -> optax.GradientTransformation:
-    """SGD (momentum, optional Nesterov; decay added to the gradient as in PyTorch), AdamW
-    or LAMB (decoupled decay), all with the decay mask above and optional global-norm clip.
+def lr_multipliers(params: Any, parts: tuple[str, ...], multipliers: dict[str, float]) -> Any:
+    """Each parameter's learning-rate multiplier from ``{part: multiplier}`` (parts not named:
+    1), or None when all are 1. A multiplier other than 1 for a part the model does not have
+    is an error."""
+    unknown = sorted(k for k, v in multipliers.items() if v != 1 and k not in parts)
+    if unknown:
+        raise ValueError(f"optimizer.lr_multipliers names {unknown}, which this model does "
+                         f"not have; its parts are {list(parts)}")
+    if all(v == 1 for v in multipliers.values()):
+        return None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: float(multipliers.get(_part(path), 1.0)), params)
+
+
+def create_optimizer(opt: ConfigDict, schedule: optax.Schedule, frozen: Any = None,
+                     multipliers: Any = None) -> optax.GradientTransformation:
+    """SGD (momentum, optional Nesterov; decay added to the gradient as in PyTorch), AdamW,
+    LAMB (decoupled decay) or LARS (decay and trust ratio skip BatchNorm and biases), all with
+    the decay mask above and optional global-norm clip.
+
     ``frozen``: labels from :func:`frozen_labels`; those parameters never change (no update,
-    no weight decay, no optimizer state)."""
+    no weight decay, no optimizer state). ``multipliers``: from :func:`lr_multipliers`; each
+    parameter's update (weight decay included) is scaled, as a per-group learning rate."""
     tx = _optimizer(opt, schedule)
+    if multipliers is not None:
+        labels = jax.tree_util.tree_map(str, multipliers)
+        scales = {label: optax.scale(float(label))
+                  for label in set(jax.tree_util.tree_leaves(labels))}
+        tx = optax.chain(tx, optax.multi_transform(scales, labels))
     if frozen is None:
         return tx
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen)
@@ -77,9 +99,13 @@ def _optimizer(opt: ConfigDict, schedule: optax.Schedule) -> optax.GradientTrans
     elif opt.name == "adamw":
         tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
                          mask=decay_mask)
-    else:
+    elif opt.name == "lamb":
         tx = optax.lamb(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
                         mask=decay_mask)
+    else:
+        tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=decay_mask,
+                        trust_coefficient=opt.trust_coefficient, trust_ratio_mask=decay_mask,
+                        momentum=opt.momentum, nesterov=opt.nesterov)
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx

@@ -12,7 +12,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from resnext_jax.train.mixing import Mixing, mix
+
 DATA_AXIS = "data"  # the mesh axis that splits every batch
+_MIXING_STREAM = 0x6D6978  # folded into the step's key for Mixup / CutMix draws
 
 
 @flax.struct.dataclass
@@ -21,7 +24,7 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
-    ema_params: Any  # {} when EMA is off
+    ema: Any  # {"params", "batch_stats"}: the moving average of both; {} when EMA is off
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -31,10 +34,20 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Ar
     is created directly in its sharding."""
     if variables is None:
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      ema_params=params if ema else {})
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params),
+                      ema={"params": params, "batch_stats": batch_stats} if ema else {})
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The EMA decay after optimizer step ``step`` (1, 2, ...), as timm's ``ModelEmaV3``:
+    the first update copies the weights; with ``warmup`` the decay then grows as
+    ``1 - (1 + n) ** -2/3`` (n updates so far) up to ``decay``, so that the average of a
+    short run is not dominated by its random initialisation."""
+    n = (step - 1).astype(jnp.float32)
+    rate = jnp.minimum(1 - (1 + n) ** (-2 / 3), decay) if warmup else jnp.float32(decay)
+    return jnp.where(n > 0, rate, 0.0)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -51,23 +64,27 @@ def _split_batch(model: nn.Module) -> nn.Module:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, num_classes: int, label_smoothing: float,
-                    ema_decay: float, accum_steps: int, seed: int,
-                    mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    ema_decay: float, accum_steps: int, seed: int, mesh: Mesh,
+                    ema_warmup: bool = False, mixing: Mixing | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One optimizer step on a global batch split over ``mesh``'s ``data`` axis.
 
     Each device computes the loss and gradient of its own rows (a ``shard_map``), so
     grouped convolutions never see the global batch (XLA's partitioner would gather it for
     them, openxla/xla#47945) and BatchNorm averages its statistics over the axis. With
     ``accum_steps`` > 1 the rows are taken in sequential micro-batches whose gradients add
-    up on the device; the gradient is averaged over devices once per step.
+    up on the device; the gradient is averaged over devices once per step. ``ema_decay`` > 0
+    keeps a moving average of the weights and the BatchNorm statistics (:func:`ema_decay_at`).
+    ``mixing``: Mixup / CutMix of each device's rows before the micro-batches are taken
+    (:mod:`resnext_jax.train.mixing`).
     """
-    model = _split_batch(model)
+    model, mixing = _split_batch(model), mixing or Mixing()
 
-    def loss_fn(params, batch_stats, images, labels, rng):
+    def loss_fn(params, batch_stats, images, targets, labels, rng):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                       train=True, mutable=["batch_stats"],
                                       rngs={"dropout": rng})
-        loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
         correct = (jnp.argmax(logits, -1) == labels).mean()
         return loss, (updates["batch_stats"], correct)
 
@@ -76,9 +93,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def per_device(params, batch_stats, images, labels, rng):
         # Device-varying parameters: their gradients stay this device's own until the pmean.
         params = jax.lax.pcast(params, DATA_AXIS, to="varying")
+        images, targets = mix(images, labels, jax.random.fold_in(rng, _MIXING_STREAM),
+                              num_classes=num_classes, smoothing=label_smoothing,
+                              mixing=mixing)
         if accum_steps == 1:
-            (loss, (batch_stats, acc)), grads = grad_fn(params, batch_stats, images, labels,
-                                                        rng)
+            (loss, (batch_stats, acc)), grads = grad_fn(params, batch_stats, images, targets,
+                                                        labels, rng)
         else:
             # Micro-batch j takes local rows j, j+k, j+2k, ...: the global rows j, j+k, ...
             # (each device's slice starts at a multiple of k), as on one device.
@@ -94,7 +114,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
             rngs = jax.random.split(rng, accum_steps)
             (grads, batch_stats), (loss, acc) = jax.lax.scan(
-                micro, (zeros, batch_stats), (split(images), split(labels), rngs))
+                micro, (zeros, batch_stats),
+                (split(images), split(targets), split(labels), rngs))
             grads = jax.tree_util.tree_map(lambda g: g / accum_steps, grads)
             loss, acc = loss.mean(), acc.mean()
         return jax.lax.pmean((grads, loss, acc), DATA_AXIS) + (batch_stats,)
@@ -109,10 +130,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                                    batch["image"], batch["label"], rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
+        ema = state.ema
         if ema_decay > 0:
-            ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
-                                         ema, params)
+            decay = ema_decay_at(state.step + 1, ema_decay, ema_warmup)
+            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema,
+                                         {"params": params, "batch_stats": batch_stats})
         grad_norm = optax.tree.norm(grads)
         # The new state must be finite too (an update can overflow where the gradient did
         # not), so that a checkpoint saved after a finite step is a good one.
@@ -121,7 +143,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         metrics = {"loss": loss, "top1": acc, "grad_norm": grad_norm,
                    "learning_rate": schedule(state.step), "finite": finite}
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema)
+                            opt_state=opt_state, ema=ema)
         return new, metrics
 
     return step
@@ -130,26 +152,30 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module, *, num_classes: int, use_ema: bool,
                    mesh: Mesh) -> Callable[[TrainState, dict], dict]:
     """Sums over the (padded) global batch; ``mask`` 0 rows count for nothing. Each device
-    evaluates its own rows (see :func:`make_train_step`) and the sums are added up."""
+    evaluates its own rows (see :func:`make_train_step`) and the sums are added up.
+    ``use_ema``: the moving average is evaluated too, alongside (``ema_loss``, ...)."""
     model = _split_batch(model)
 
-    def per_device(variables, images, labels, mask):
+    def sums(variables, images, labels, mask, prefix=""):
         logits = model.apply(variables, images, train=False).astype(jnp.float32)
         loss = cross_entropy(logits, labels, num_classes, 0.0)
         top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-        sums = {"loss": jnp.sum(loss * mask),
-                "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-                "top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-                "count": jnp.sum(mask)}
-        return jax.lax.psum(sums, DATA_AXIS)
+        return {f"{prefix}loss": jnp.sum(loss * mask),
+                f"{prefix}top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+                f"{prefix}top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask)}
 
-    batch = PartitionSpec(DATA_AXIS)
-    per_device = jax.shard_map(per_device, mesh=mesh, out_specs=PartitionSpec(),
-                               in_specs=(PartitionSpec(), batch, batch, batch))
+    def per_device(variables, ema, images, labels, mask):
+        out = {**sums(variables, images, labels, mask), "count": jnp.sum(mask)}
+        if use_ema:
+            out |= sums(ema, images, labels, mask, "ema_")
+        return jax.lax.psum(out, DATA_AXIS)
+
+    batch, replicated = PartitionSpec(DATA_AXIS), PartitionSpec()
+    per_device = jax.shard_map(per_device, mesh=mesh, out_specs=replicated,
+                               in_specs=(replicated, replicated, batch, batch, batch))
 
     def step(state: TrainState, batch: dict) -> dict:
-        params = state.ema_params if use_ema else state.params
-        return per_device({"params": params, "batch_stats": state.batch_stats},
-                          batch["image"], batch["label"], batch["mask"])
+        return per_device({"params": state.params, "batch_stats": state.batch_stats},
+                          state.ema, batch["image"], batch["label"], batch["mask"])
 
     return step

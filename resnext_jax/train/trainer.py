@@ -33,12 +33,18 @@ from tqdm import tqdm
 from resnext_jax import data
 from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
-from resnext_jax.ops import compiler_options
+from resnext_jax.ops import compiler_options, huge_pages_hint
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
-from resnext_jax.train.optim import create_optimizer, create_schedule, frozen_labels
+from resnext_jax.train.mixing import Mixing
+from resnext_jax.train.optim import (
+    create_optimizer,
+    create_schedule,
+    frozen_labels,
+    lr_multipliers,
+)
 from resnext_jax.train.steps import (
     DATA_AXIS,
     TrainState,
@@ -108,7 +114,19 @@ class Trainer:
             jax.random.key(0), jnp.zeros((1, *image_shape))))["params"]
         frozen = None if self.model.train_from == "stem" else frozen_labels(
             params, self.model.parts, self.model.train_from)
-        tx = create_optimizer(config.optimizer, self.schedule, frozen)
+        try:
+            multipliers = lr_multipliers(params, self.model.parts,
+                                         dict(config.optimizer.lr_multipliers))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        tx = create_optimizer(config.optimizer, self.schedule, frozen, multipliers)
+        mixing = Mixing.from_config(config.mixing)
+        rows = config.batch_size // jax.device_count()
+        if mixing.on and rows % 2:
+            raise UsageError(
+                f"Mixup / CutMix pair the rows of each device, so each device needs an even "
+                f"number: batch_size={config.batch_size} over {jax.device_count()} device(s) "
+                f"gives {rows}; use a multiple of {2 * jax.device_count()}")
         variables = self.pretrained.variables if self.pretrained else None
 
         def init(rng):
@@ -124,8 +142,8 @@ class Trainer:
         self.train_step = jax.jit(
             make_train_step(self.model, tx, self.schedule, num_classes=self.num_classes,
                             label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                            accum_steps=config.grad_accum_steps, seed=config.seed,
-                            mesh=self.mesh),
+                            ema_warmup=config.ema_warmup, accum_steps=config.grad_accum_steps,
+                            seed=config.seed, mesh=self.mesh, mixing=mixing),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
             compiler_options=compiler_options(train=True))
@@ -186,12 +204,14 @@ class Trainer:
 
     def pretrained_of(self, state: TrainState, metrics: dict[str, float] | None = None
                       ) -> Pretrained:
-        """The evaluated weights of ``state`` (EMA when on) as a :class:`Pretrained`, on
-        the host; ``metrics``: its eval, recorded as the config's top-1."""
-        params = state.ema_params if self.config.ema_decay > 0 else state.params
-        local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)),
-                                       {"params": params, "batch_stats": state.batch_stats})
-        top1 = (metrics or {}).get("eval/top1")
+        """The weights of ``state`` (the moving average when EMA is on) as a
+        :class:`Pretrained`, on the host; ``metrics``: its eval, whose top-1 of those weights
+        is recorded in the config."""
+        ema = self.config.ema_decay > 0
+        variables = state.ema if ema else {"params": state.params,
+                                           "batch_stats": state.batch_stats}
+        local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), variables)
+        top1 = (metrics or {}).get("eval/ema_top1" if ema else "eval/top1")
         cfg = dataclasses.replace(self.cfg, top1=None if top1 is None else 100 * top1)
         return Pretrained(self.model.clone(pretrained_cfg=cfg), local, cfg,
                           LoadReport(self.workdir, "resnext_jax (trained)"))
@@ -330,6 +350,8 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
         write_text(os.path.join(workdir, WORKDIR_MODEL),
                    json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
     state, step = run.initial_state()
+    if main and (hint := huge_pages_hint()):  # a notebook's kernel; the CLI re-executes itself
+        print(f"note: {hint}", file=sys.stderr)
     if step >= run.total_steps and main:
         print(f"the run in {workdir} is already finished (step {step} of {run.total_steps}):"
               " evaluating its final state", file=sys.stderr)

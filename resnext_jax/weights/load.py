@@ -190,8 +190,9 @@ def _checkpoint_variables(directory: str) -> dict[str, Any]:
     tree = checkpointer.metadata(item).item_metadata.tree
     as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     state = checkpointer.restore(item, restore_args=as_numpy)
-    params = state["ema_params"] if state.get("ema_params") else state["params"]
-    return {"params": params, "batch_stats": state.get("batch_stats", {})}
+    if state.get("ema"):  # weights and BatchNorm statistics, averaged together
+        return state["ema"]
+    return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
 
 
 def _new_head(model: ResNet, rng: jax.Array | None) -> dict[str, Any]:
