@@ -1,9 +1,10 @@
-"""Serving and sharing: StableHLO export (any batch size), Hub-ready folders that this
-project, timm and PyTorch read."""
+"""Serving and sharing: StableHLO and ONNX export (any batch size), Hub-ready folders that
+this project, timm and PyTorch read."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +16,17 @@ from resnext_jax import export
 from resnext_jax.weights import read_state_dict
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model = rx.create_model("tiny_seresnext", zero_init_last=False)
+def _random(name: str) -> rx.Pretrained:
+    model = rx.create_model(name, zero_init_last=False)  # every residual branch counts
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    cfg = rx.PretrainedCfg("tiny_seresnext.test", None, 42.5,
+    cfg = rx.PretrainedCfg(f"{name}.test", None, 42.5,
                            rx.Transform(size=32, interpolation="bicubic"))
     return rx.Pretrained(model.clone(pretrained_cfg=cfg), variables, cfg, None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _random("tiny_seresnext")
 
 
 @pytest.mark.parametrize("output", ["logits", "features"])
@@ -50,6 +55,44 @@ def test_export_command_line_and_its_mistakes(tiny, tmp_path, capsys):
         "batch_stats": tiny.variables["batch_stats"]}, tiny.cfg, None)
     with pytest.raises(rx.errors.UsageError, match="no classifier head"):
         export.export(headless, tmp_path / "x")
+
+
+@pytest.mark.parametrize("name,output", [("tiny_seresnext", "logits"),
+                                         ("tiny_resnext", "pre_logits"),
+                                         ("tiny_seresnext", "features")])
+def test_onnx_export_runs_any_batch_size_in_onnxruntime(name, output, tmp_path):
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pretrained = _random(name)
+    pretrained.save(tmp_path / "w.msgpack")
+    assert export.main([str(tmp_path / "w.msgpack"), str(tmp_path / "out"), "--output", output,
+                        "--format", "onnx"]) == 0
+    spec = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert spec["format"] == "onnx" and spec["input"]["shape"][0] == "batch"
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == spec["outputs"]
+    reference = pretrained.model.clone(features_only=output != "logits")
+    for batch in (1, 3):  # one graph, a dynamic batch dimension
+        x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
+        got = dict(zip(spec["outputs"], session.run(None, {"images": x}), strict=True))
+        want = reference.apply(pretrained.variables, x)
+        if output != "features":
+            want = {output: want if output == "logits" else want["pre_logits"]}
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_onnx_export_without_the_converter_says_what_to_install(tiny, tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if not installed
+    tiny.save(tmp_path / "w.msgpack")
+    assert export.main([str(tmp_path / "w.msgpack"), str(tmp_path / "out"),
+                        "--format", "onnx"]) == 2
+    assert "pip install jax2onnx onnxruntime" in capsys.readouterr().err
+    with pytest.raises(rx.errors.UsageError, match="format='tflite'"):
+        export.export(tiny, tmp_path / "x", format="tflite")
 
 
 def test_save_pretrained_reads_back_every_way(tiny, tmp_path):

@@ -3,8 +3,9 @@
 Every function takes a ``lowering`` name. ``"xla"`` is the reference: XLA's own
 convolution / reduce_window, forward and gradient. ``"einsum_grad"`` and ``"fast"``
 compute the same numbers from the same kernel layout (so checkpoints never depend on the
-lowering) by paths that XLA:CPU runs faster; ``"auto"`` (the default) picks one per
-backend (:func:`resolve`). See :mod:`resnext_jax.ops.conv` and the README's "Speed".
+lowering) by paths that XLA:CPU runs faster; ``"portable"`` by operators that ONNX has
+(export); ``"auto"`` (the default) picks one per backend (:func:`resolve`). See
+:mod:`resnext_jax.ops.conv` and the README's "Speed".
 :func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
 

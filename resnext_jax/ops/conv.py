@@ -12,6 +12,8 @@ Lowerings (same parameters, same numbers up to floating-point rounding):
   fix; ``grouped.kernel_grad``).
 - ``"fast"``: ``"einsum_grad"`` plus 1x1 convolutions as matrix products and narrow
   groups (in-width <= 8) as fused broadcast multiply-adds, forward and input gradient.
+- ``"portable"``: ``"xla"``'s convolutions and ``"fast"``'s max-pool (strided slices): only
+  operators that converters to other formats take (ONNX, ``resnext_jax.export``).
 - ``"auto"``: ``"fast"`` on the CPU, ``"xla"`` on GPU / TPU (see ``resolve``).
 """
 
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from resnext_jax.ops.grouped import Padding, grouped_conv, use_direct, xla_conv
 from resnext_jax.ops.sharding import AxisName, per_device_conv
 
-LOWERINGS = ("xla", "einsum_grad", "fast", "auto")
+LOWERINGS = ("xla", "einsum_grad", "fast", "portable", "auto")
 
 
 def resolve(lowering: str) -> str:
@@ -76,7 +78,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
 
 def _grouped(x: jax.Array, kernel: jax.Array, *, stride: int, padding: Padding, groups: int,
              lowering: str) -> jax.Array:
-    if lowering == "xla":
+    if lowering in ("xla", "portable"):
         return xla_conv(x, kernel, stride, padding, groups)
     direct = lowering == "fast" and use_direct(kernel.shape, groups)
     return grouped_conv(x, kernel, stride, padding, groups, direct)

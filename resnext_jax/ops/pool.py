@@ -25,14 +25,15 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1,
              ceil_mode: bool = False, lowering: str = "auto") -> jax.Array:
     """``torch.nn.MaxPool2d(window, stride, pad, ceil_mode)`` on NHWC ``x``.
 
-    ``lowering`` as for ``conv2d``: ``"fast"`` takes the running maximum of the window's
-    strided slices (XLA:CPU's ``reduce_window`` gradient is 3x slower); every lowering
-    sends the gradient to the first maximum of each window, as PyTorch does.
+    ``lowering`` as for ``conv2d``: ``"fast"`` and ``"portable"`` take the running maximum of
+    the window's strided slices (XLA:CPU's ``reduce_window`` gradient is 3x slower; jax2onnx
+    turns an NHWC ``reduce_window`` into a 4-D ``MaxPool`` that onnxruntime rejects); every
+    lowering sends the gradient to the first maximum of each window, as PyTorch does.
     """
     extra_h = _ceil_extra(x.shape[1], window, stride, pad) if ceil_mode else 0
     extra_w = _ceil_extra(x.shape[2], window, stride, pad) if ceil_mode else 0
     pads = ((pad, pad + extra_h), (pad, pad + extra_w))
-    if resolve(lowering) == "fast":
+    if resolve(lowering) in ("fast", "portable"):
         return _slice_max_pool(x, window, stride, pads)
     # A Python scalar init lets JAX recognise the max monoid, which it can differentiate.
     return lax.reduce_window(
@@ -42,9 +43,12 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1,
 
 def _pool_taps(x: jax.Array, window: int, stride: int, pads):
     xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),), constant_values=-jnp.inf)
-    ho = (xp.shape[1] - window) // stride + 1
-    wo = (xp.shape[2] - window) // stride + 1
-    return [xp[:, dh:dh + (ho - 1) * stride + 1:stride, dw:dw + (wo - 1) * stride + 1:stride]
+    n, h, w, c = xp.shape
+    ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
+    # lax.slice, not indexing: with a symbolic batch (export) indexing would gather.
+    return [lax.slice(xp, (0, dh, dw, 0),
+                      (n, dh + (ho - 1) * stride + 1, dw + (wo - 1) * stride + 1, c),
+                      (1, stride, stride, 1))
             for dh in range(window) for dw in range(window)]
 
 
