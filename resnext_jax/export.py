@@ -10,7 +10,7 @@ in an inference graph. Read it back with :func:`load_exported` or
 
 ``format="onnx"`` (``--format onnx``) writes ``model.onnx`` instead of ``model.stablehlo``:
 the same outputs, a dynamic ``batch`` dimension, NHWC float32 ``images`` in, converted by
-jax2onnx (optional: ``pip install jax2onnx onnxruntime``) from ``lowering="portable"``
+jax2onnx (optional; README "Serving" says how to install it) from ``lowering="portable"``
 (XLA's convolutions; the max-pool as strided slices, which onnxruntime runs).
 """
 
@@ -87,7 +87,9 @@ def _onnx(forward: Callable[[jax.Array], Any], image: tuple[int, int, int], outp
     try:
         import jax2onnx
     except ImportError:
-        raise UsageError("ONNX export needs jax2onnx: pip install jax2onnx onnxruntime") from None
+        raise UsageError("ONNX export needs jax2onnx: pip install onnx onnx-ir onnxruntime && "
+                         "pip install --no-deps jax2onnx==0.17.1 (its own requirements would "
+                         "downgrade orbax-checkpoint)") from None
     example = jax.ShapeDtypeStruct((1, *image), jnp.float32)
     paths = jax.tree_util.tree_flatten_with_path(jax.eval_shape(forward, example))[0]
     names = [path[-1].key if path else output for path, _ in paths]
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", choices=OUTPUTS, default="logits")
     parser.add_argument("--image-size", type=int, help="default: the weights' own")
     parser.add_argument("--format", choices=FORMATS, default="stablehlo",
-                        help="onnx needs jax2onnx (pip install jax2onnx onnxruntime)")
+                        help="onnx needs jax2onnx (README \"Serving\" says how to install it)")
     args = parser.parse_args(argv)
 
     def run() -> int:
