@@ -238,3 +238,44 @@ def test_embedded_digits_builds_offline(tmp_path):
     for x, y in zip(full[-5:], resumed, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def _erased(prob: float, seed: int) -> np.ndarray:
+    image = tf.zeros([48, 40, 3]) + 7.0  # no normal draw lands exactly on 7
+    return data.preprocess.random_erase(image, tf.constant([seed, 1], tf.int64), prob).numpy()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_erasing_fills_one_box_with_unit_noise(seed):
+    """timm's RandomErasing(mode="pixel"): one box of 2-33 % of the image (up to rounding),
+    standard normal noise in every channel, the rest untouched; the same for the same seed."""
+    out = _erased(1.0, seed)
+    box = np.all(out != 7.0, axis=-1)
+    assert np.array_equal(box, np.any(out != 7.0, axis=-1))  # all channels or none
+    rows, cols = np.nonzero(box)
+    assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a rectangle
+    assert 0.015 <= box.mean() <= 0.36
+    noise = out[box]
+    assert abs(noise.mean()) < 0.5 and 0.6 < noise.std() < 1.4
+    np.testing.assert_array_equal(out, _erased(1.0, seed))
+    assert not np.array_equal(out, _erased(1.0, seed + 100))
+    np.testing.assert_array_equal(_erased(0.0, seed), np.full((48, 40, 3), 7.0, np.float32))
+
+
+def test_random_erasing_probability():
+    erased = [bool(np.any(_erased(0.25, seed) != 7.0)) for seed in range(200)]
+    assert 30 <= sum(erased) <= 70  # Binomial(200, 0.25): mean 50, sd 6
+
+
+def test_train_preprocessing_erases_deterministically_from_the_example_seed():
+    image = np.full((60, 100, 3), 128, np.uint8)
+    example = {"image": tf.io.encode_jpeg(image), "label": tf.constant(1, tf.int64)}
+    plain = data.Preprocess(Transform(size=32), image_size=32)
+    erasing = data.Preprocess(Transform(size=32), image_size=32, erase_prob=1.0)
+    for i in range(3):
+        seed = tf.constant([5, i], tf.int64)
+        ours, base = erasing.train(example, seed)["image"].numpy(), \
+            plain.train(example, seed)["image"].numpy()
+        changed = np.any(ours != base, axis=-1)
+        assert 0.015 <= changed.mean() <= 0.36  # the crop and flip are the same, plus a box
+        np.testing.assert_array_equal(ours, erasing.train(example, seed)["image"])

@@ -4,13 +4,16 @@ Eval renders a :class:`resnext_jax.transforms.Transform` (resize the shorter sid
 crop, normalise; the same arrays as its Pillow rendering in ``extract``, within rounding).
 Train: ``inception_crop`` (ImageNet: random area 8-100 %, aspect 3/4-4/3, the eval crop when
 sampling fails, flip) or ``pad_crop`` (CIFAR: pad then random crop, flip), resized with the
-transform's filter and normalised with its mean / std.
+transform's filter and normalised with its mean / std, then, with probability ``erase_prob``,
+random erasing (timm's ``RandomErasing(mode="pixel")``: one box of 2-33 % of the crop, aspect
+ratio log-uniform in 0.3-3.3, filled with standard normal noise on the normalised scale).
 Output: ``image`` float32 HWC, ``label`` int32.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import tensorflow as tf
 
@@ -30,6 +33,7 @@ class Preprocess:
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
     pad: int = 4
     flip: bool = True
+    erase_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_kind not in TRAIN_KINDS:
@@ -52,7 +56,12 @@ class Preprocess:
                 crop_seed)
         if self.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        return self._finish(image, example["label"])
+        out = self._finish(image, example["label"])
+        if self.erase_prob > 0:
+            # A key of its own, so that crops and flips stay what they were without erasing.
+            erase_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            out["image"] = random_erase(out["image"], erase_seed, self.erase_prob)
+        return out
 
     def eval(self, example: dict) -> dict:
         t = self.transform
@@ -107,6 +116,37 @@ class Preprocess:
         std = tf.constant([s * 255 for s in t.std], tf.float32)
         image = (tf.cast(image, tf.float32) - mean) / std
         return {"image": image, "label": tf.cast(label, tf.int32)}
+
+
+def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, attempts: int = 10
+                 ) -> tf.Tensor:
+    """timm's ``RandomErasing(prob, mode="pixel", max_count=1)`` on a normalised HWC image,
+    from a stateless ``seed``: of ``attempts`` boxes drawn (area 2-33 %, log-uniform aspect
+    0.3-3.3), the first that fits is filled with N(0, 1) noise. Written here because timm's
+    runs in PyTorch on the host and tf.data needs it as graph ops."""
+    apply_s, area_s, aspect_s, top_s, left_s, noise_s = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 6))
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target = tf.random.stateless_uniform([attempts], area_s, 0.02, 1 / 3) * area
+    aspect = tf.exp(tf.random.stateless_uniform([attempts], aspect_s, math.log(0.3),
+                                                math.log(1 / 0.3)))
+    box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (box_h < height) & (box_w < width)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    box_h, box_w = box_h[first], box_w[first]
+    # Top-left corners uniform over the positions that keep the box inside, as randint does.
+    top = tf.cast(tf.random.stateless_uniform([], top_s) * tf.cast(height - box_h + 1,
+                                                                    tf.float32), tf.int32)
+    left = tf.cast(tf.random.stateless_uniform([], left_s) * tf.cast(width - box_w + 1,
+                                                                      tf.float32), tf.int32)
+    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+    box = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+    erase = (tf.random.stateless_uniform([], apply_s) < prob) & tf.reduce_any(fits)
+    noise = tf.random.stateless_normal(shape, noise_s, dtype=image.dtype)
+    return tf.where(erase & box[:, :, None], noise, image)
 
 
 def _decode(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:

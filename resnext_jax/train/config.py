@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_preprocess = "inception_crop"  # or "pad_crop" (CIFAR)
     c.data.pad = 4
     c.data.flip = True
+    c.data.random_erase = 0.0  # probability of timm's random erasing (pixel mode) per image
     # The eval transform (resnext_jax.Transform). None: the pretrained weights' own when
     # model.pretrained is set, else ImageNet's (crop 0.875, bilinear, ImageNet mean / std).
     c.data.eval_size = placeholder(int)  # None: image_size

@@ -161,7 +161,8 @@ class Trainer:
     def _real_data(self, config: ConfigDict, train: bool) -> None:
         d, p, n = config.data, jax.process_index(), jax.process_count()
         preprocess = data.Preprocess(self.transform, image_size=d.image_size,
-                                     train_kind=d.train_preprocess, pad=d.pad, flip=d.flip)
+                                     train_kind=d.train_preprocess, pad=d.pad, flip=d.flip,
+                                     erase_prob=d.random_erase)
         self.eval_data = data.EvalData(self.source, d.eval_split, preprocess,
                                        global_batch=config.eval_batch_size, process_index=p,
                                        process_count=n, cache=d.cache)
