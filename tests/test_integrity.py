@@ -83,13 +83,19 @@ def tiny(tmp_path_factory):
     return root, rx.load(root / "w.msgpack").variables, tensors
 
 
+def _damaged_copy(source, path, data):
+    """``source``'s bytes with damage drawn from ``data``, written to ``path``."""
+    with open(source, "rb") as stream:
+        original = stream.read()
+    path.write_bytes(apply(original, data.draw(damage(len(original)))))
+    return path
+
+
 @FUZZ
 @given(data=st.data())
 def test_our_weight_files(tiny, tmp_path, data):
     root, variables, _ = tiny
-    original = (root / "w.msgpack").read_bytes()
-    path = tmp_path / "w.msgpack"
-    path.write_bytes(apply(original, data.draw(damage(len(original)))))
+    path = _damaged_copy(root / "w.msgpack", tmp_path / "w.msgpack", data)
     try:
         loaded = rx.load(path)
     except rx.WeightsError:
@@ -103,9 +109,7 @@ def test_our_weight_files(tiny, tmp_path, data):
 @given(data=st.data())
 def test_our_safetensors_exports(tiny, tmp_path, data):
     root, _, tensors = tiny
-    original = (root / "w.safetensors").read_bytes()
-    path = tmp_path / "w.safetensors"
-    path.write_bytes(apply(original, data.draw(damage(len(original)))))
+    path = _damaged_copy(root / "w.safetensors", tmp_path / "w.safetensors", data)
     try:
         loaded = read_state_dict(path)
     except WeightsFileError:
@@ -120,11 +124,8 @@ def test_our_safetensors_exports(tiny, tmp_path, data):
 def test_pth_files(tmp_path, data):
     """No digest in a .pth: a flipped bit in tensor data can only be caught by its pickle
     and sizes, so here the test is that loading never runs code or raises another error."""
-    source = os.path.join(FIXTURES, "timm_seresnext_t.pth")
-    with open(source, "rb") as stream:
-        original = stream.read()
-    path = tmp_path / "w.pth"
-    path.write_bytes(apply(original, data.draw(damage(len(original)))))
+    path = _damaged_copy(os.path.join(FIXTURES, "timm_seresnext_t.pth"), tmp_path / "w.pth",
+                         data)
     try:
         read_state_dict(path)
     except WeightsFileError:

@@ -57,6 +57,8 @@ def mix(images: jax.Array, labels: jax.Array, rng: jax.Array, *, num_classes: in
     else:
         cutmix = jnp.bool_(mixing.cutmix_alpha > 0)
     height, width = images.shape[1:3]
+    # Both kinds are drawn and one is kept (shapes must not depend on the draw under jit);
+    # an alpha of 0 becomes 1e-3 only so that the unused Beta draw stays finite.
     # CutMix: a box of area (1 - lam) of the image, centred anywhere, clipped at the edges
     # (timm's rand_bbox), and lam corrected to the area actually pasted.
     cut_lam = jax.random.beta(k_cutmix, max(mixing.cutmix_alpha, 1e-3),
