@@ -8,6 +8,12 @@ devices read it, and a restart at step ``s`` rebuilds the stream from ``s``: the
 ``s // steps_per_epoch``, file order and shuffle come from (seed, shard, epoch), the examples
 already seen in that epoch are skipped before decoding, and each example's augmentation
 seed comes from (seed, shard, epoch, position).
+
+Repeated augmentation (``repeats`` > 1, torchvision's ``--ra-reps`` after DeiT) keeps the epoch
+length but reads ``1 / repeats`` of the examples: each batch holds ``repeats`` differently
+augmented copies of ``batch / repeats`` images, copy ``r`` in rows ``[r k, (r + 1) k)``, so
+that the images in any device's slice of the batch, and the pairs Mixup / CutMix makes of
+neighbouring rows, are distinct.
 """
 
 from __future__ import annotations
@@ -40,17 +46,24 @@ class TrainData:
     def __init__(self, source: Source, split: str, preprocess: Preprocess, *,
                  global_batch: int, num_shards: int, process_index: int, process_count: int,
                  seed: int, shuffle_buffer: int = 16_384, cache: bool = False,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, repeats: int = 1) -> None:
         if num_shards % process_count or global_batch % num_shards:
             raise ValueError(
                 f"data.num_shards={num_shards} must be a multiple of the process count "
                 f"({process_count}) and divide the global batch ({global_batch})")
+        if repeats < 1 or (global_batch // num_shards) % repeats or \
+                global_batch // num_shards == repeats:
+            raise ValueError(
+                f"data.repeats={repeats} must divide each shard's batch of "
+                f"{global_batch // num_shards} (batch_size / data.num_shards) into groups of "
+                "two or more images")
         self.source, self.split, self.preprocess = source, split, preprocess
         self.num_shards, self.seed = num_shards, seed
         self.shard_batch = global_batch // num_shards
         per_process = num_shards // process_count
         self.shards = range(process_index * per_process, (process_index + 1) * per_process)
         self.shuffle_buffer, self.cache, self.prefetch = shuffle_buffer, cache, prefetch
+        self.repeats = repeats
         smallest = min(source.num_examples(split, s, num_shards) for s in range(num_shards))
         self.steps_per_epoch = smallest // self.shard_batch
         if self.steps_per_epoch == 0:
@@ -69,7 +82,11 @@ class TrainData:
         else:
             ds = self.source.read(self.split, shard, self.num_shards, shuffle_seed=epoch_seed)
             ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed)
-        ds = ds.take(self.steps_per_epoch * self.shard_batch).enumerate()
+        ds = ds.take(self.steps_per_epoch * self.shard_batch // self.repeats)
+        if self.repeats > 1:  # each group of batch / repeats images, `repeats` times in a row
+            ds = ds.batch(self.shard_batch // self.repeats, drop_remainder=True).flat_map(
+                lambda group: tf.data.Dataset.from_tensors(group).repeat(self.repeats).unbatch())
+        ds = ds.enumerate()  # the position gives each copy its own augmentation seed
         ds = ds.skip(skip * self.shard_batch)  # before decoding: resuming costs reads only
         ds = ds.map(lambda i, e: self.preprocess.train(e, tf.stack([tf.cast(epoch_seed, tf.int64),
                                                                     i])),

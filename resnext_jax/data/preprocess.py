@@ -4,9 +4,11 @@ Eval renders a :class:`resnext_jax.transforms.Transform` (resize the shorter sid
 crop, normalise; the same arrays as its Pillow rendering in ``extract``, within rounding).
 Train: ``inception_crop`` (ImageNet: random area 8-100 %, aspect 3/4-4/3, the eval crop when
 sampling fails, flip) or ``pad_crop`` (CIFAR: pad then random crop, flip), resized with the
-transform's filter and normalised with its mean / std, then, with probability ``erase_prob``,
-random erasing (timm's ``RandomErasing(mode="pixel")``: one box of 2-33 % of the crop, aspect
-ratio log-uniform in 0.3-3.3, filled with standard normal noise on the normalised scale).
+transform's filter; then, when ``auto_augment`` names a policy, TrivialAugment Wide or
+RandAugment on the 8-bit crop (:mod:`resnext_jax.data.augment`); normalised with the
+transform's mean / std; then, with probability ``erase_prob``, random erasing (timm's
+``RandomErasing(mode="pixel")``: one box of 2-33 % of the crop, aspect ratio log-uniform in
+0.3-3.3, filled with standard normal noise on the normalised scale).
 Output: ``image`` float32 HWC, ``label`` int32.
 """
 
@@ -17,6 +19,7 @@ import math
 
 import tensorflow as tf
 
+from resnext_jax.data.augment import AutoAugment
 from resnext_jax.transforms import Transform
 
 TRAIN_KINDS = ("inception_crop", "pad_crop")
@@ -33,11 +36,21 @@ class Preprocess:
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
     pad: int = 4
     flip: bool = True
+    auto_augment: str = ""  # "", "ta_wide" or a timm RandAugment string ("rand-m9-mstd0.5")
     erase_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_kind not in TRAIN_KINDS:
             raise ValueError(f"train_kind must be one of {TRAIN_KINDS}, got {self.train_kind!r}")
+        if self.auto_augment:
+            self.policy  # noqa: B018 -- a bad policy string fails here, not in tf.data
+
+    @property
+    def policy(self) -> AutoAugment:
+        # torchvision fills with black; timm with the mean pixel (its ``img_mean``).
+        fill = (0,) if self.auto_augment == "ta_wide" else tuple(
+            round(m * 255) for m in self.transform.mean)
+        return AutoAugment.parse(self.auto_augment, fill=fill)
 
     @property
     def channels(self) -> int:
@@ -56,6 +69,9 @@ class Preprocess:
                 crop_seed)
         if self.flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        if self.auto_augment:  # on 8-bit pixels, as the references run it on PIL images
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            image = self.policy.apply(image, tf.random.experimental.stateless_fold_in(seed, 2))
         out = self._finish(image, example["label"])
         if self.erase_prob > 0:
             # A key of its own, so that crops and flips stay what they were without erasing.

@@ -53,7 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.train_preprocess = "inception_crop"  # or "pad_crop" (CIFAR)
     c.data.pad = 4
     c.data.flip = True
+    # "ta_wide" (torchvision's TrivialAugmentWide) or a timm RandAugment string such as
+    # "rand-m7-mstd0.5-inc1"; on the host, after crop and flip (resnext_jax/data/augment.py).
+    c.data.auto_augment = ""
     c.data.random_erase = 0.0  # probability of timm's random erasing (pixel mode) per image
+    c.data.repeats = 1  # repeated augmentation: copies of each image per batch (--ra-reps)
     # The eval transform (resnext_jax.Transform). None: the pretrained weights' own when
     # model.pretrained is set, else ImageNet's (crop 0.875, bilinear, ImageNet mean / std).
     c.data.eval_size = placeholder(int)  # None: image_size

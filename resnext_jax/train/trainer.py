@@ -162,14 +162,15 @@ class Trainer:
         d, p, n = config.data, jax.process_index(), jax.process_count()
         preprocess = data.Preprocess(self.transform, image_size=d.image_size,
                                      train_kind=d.train_preprocess, pad=d.pad, flip=d.flip,
-                                     erase_prob=d.random_erase)
+                                     auto_augment=d.auto_augment, erase_prob=d.random_erase)
         self.eval_data = data.EvalData(self.source, d.eval_split, preprocess,
                                        global_batch=config.eval_batch_size, process_index=p,
                                        process_count=n, cache=d.cache)
         self.train_data = data.TrainData(
             self.source, d.train_split, preprocess, global_batch=config.batch_size,
             num_shards=d.num_shards or n, process_index=p, process_count=n, seed=config.seed,
-            shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch) \
+            shuffle_buffer=d.shuffle_buffer, cache=d.cache, prefetch=d.prefetch,
+            repeats=d.repeats) \
             if train else None
 
     def fresh_state(self) -> TrainState:
