@@ -101,6 +101,29 @@ def test_imagenet_resume_mid_epoch_is_exact(imagenet):
         np.testing.assert_array_equal(x["label"], y["label"])
 
 
+def test_repeated_augmentation_spreads_copies_and_resumes_exactly(imagenet):
+    """repeats=2: each shard's 4 rows are 2 images, then the same 2 differently augmented;
+    an epoch (still 6 steps) reads half as many images; a restart mid-epoch is exact."""
+    td = _train(imagenet, repeats=2)
+    assert td.steps_per_epoch == 6
+    batches = _take(td.iterate(0), 9)
+    for b in batches:
+        for rows in (slice(0, 4), slice(4, 8)):  # shard 0's rows, then shard 1's
+            labels, images = b["label"][rows], b["image"][rows]
+            np.testing.assert_array_equal(labels[:2], labels[2:])
+            assert labels[0] != labels[1]
+            assert not np.array_equal(images[:2], images[2:])  # other crops of the same images
+    epoch0 = np.concatenate([b["label"] for b in batches[:6]])
+    assert len(set(epoch0)) == len(epoch0) // 2
+    resumed = _take(_train(imagenet, repeats=2).iterate(4), 5)
+    for x, y in zip(batches[4:], resumed, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    for bad in (3, 4):  # 4 rows per shard: 3 does not divide them, 4 leaves groups of one
+        with pytest.raises(ValueError, match="data.repeats"):
+            _train(imagenet, repeats=bad)
+
+
 def test_processes_read_disjoint_shards_and_assemble_the_same_global_batch(imagenet):
     one = _take(_train(imagenet, shards=2).iterate(0), 3)
     parts = [_take(_train(imagenet, shards=2, process=p, processes=2, batch=8).iterate(0), 3)

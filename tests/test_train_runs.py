@@ -173,11 +173,13 @@ def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 def test_sigkill_then_sigterm_then_restart_ends_bit_identical(tmp_path, digits_ready):
     """40 steps, checkpoints every 10: SIGKILL once step 10 is saved, restart, SIGTERM once
     step 20 is saved (which saves where it stands and exits 0), restart to the end. With the
-    random draws of a modern recipe on: Mixup / CutMix, random erasing, an EMA with warm-up."""
+    random draws of a modern recipe on: RandAugment, repeated augmentation, Mixup / CutMix,
+    random erasing, an EMA with warm-up."""
     ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
     recipe = ["--config.mixing.mixup_alpha=0.8", "--config.mixing.cutmix_alpha=1.0",
               "--config.data.random_erase=0.25", "--config.ema_decay=0.99",
-              "--config.ema_warmup=True"]
+              "--config.ema_warmup=True", "--config.data.auto_augment=rand-m9-mstd0.5-inc1",
+              "--config.data.repeats=2"]
     cmd = lambda w: _cmd(w, *recipe, steps=40, every=10)  # noqa: E731
     ref_proc = subprocess.Popen(cmd(ref), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
