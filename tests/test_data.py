@@ -285,6 +285,44 @@ def test_random_erasing_fills_one_box_with_unit_noise(seed):
     np.testing.assert_array_equal(_erased(0.0, seed), np.full((48, 40, 3), 7.0, np.float32))
 
 
+def test_random_erasing_modes_and_counts():
+    """timm's ``const`` (torchvision's zeros) and ``rand`` (one N(0, 1) value per channel)
+    fills, and ``max_count=3``: 1 to 3 boxes, each of at most a third of the area / count."""
+    image = tf.zeros([48, 40, 3]) + 7.0
+    counts = set()
+    for seed in range(30):
+        key = tf.constant([seed, 2], tf.int64)
+        const = data.preprocess.random_erase(image, key, 1.0, mode="const").numpy()
+        box = np.all(const != 7.0, axis=-1)
+        assert box.any() and np.all(const[box] == 0)
+        rand = data.preprocess.random_erase(image, key, 1.0, mode="rand").numpy()
+        values = rand[np.all(rand != 7.0, axis=-1)]
+        assert len(values) and np.all(values == values[0])  # one value per channel
+        many = data.preprocess.random_erase(image, key, 1.0, max_count=3).numpy()
+        erased = np.any(many != 7.0, axis=-1)
+        assert 0.005 <= erased.mean() <= 0.36
+        counts.add(_count_boxes(erased))  # boxes that overlap count as one
+    assert counts == {1, 2, 3}
+    with pytest.raises(ValueError, match="random erasing"):
+        data.Preprocess(erase_mode="zeros")
+
+
+def _count_boxes(mask: np.ndarray) -> int:
+    """Connected regions of a mask (4-neighbourhood)."""
+    seen, count = np.zeros_like(mask), 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        count, stack = count + 1, [start]
+        while stack:
+            r, c = stack.pop()
+            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and \
+                    not seen[r, c]:
+                seen[r, c] = True
+                stack += [(r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)]
+    return count
+
+
 def test_random_erasing_probability():
     erased = [bool(np.any(_erased(0.25, seed) != 7.0)) for seed in range(200)]
     assert 30 <= sum(erased) <= 70  # Binomial(200, 0.25): mean 50, sd 6

@@ -7,8 +7,9 @@ sampling fails, flip) or ``pad_crop`` (CIFAR: pad then random crop, flip), resiz
 transform's filter; then, when ``auto_augment`` names a policy, TrivialAugment Wide or
 RandAugment on the 8-bit crop (:mod:`resnext_jax.data.augment`); normalised with the
 transform's mean / std; then, with probability ``erase_prob``, random erasing (timm's
-``RandomErasing(mode="pixel")``: one box of 2-33 % of the crop, aspect ratio log-uniform in
-0.3-3.3, filled with standard normal noise on the normalised scale).
+``RandomErasing``: 1 to ``erase_count`` boxes of 2-33 % of the crop, aspect ratio log-uniform
+in 0.3-3.3, filled with standard normal noise on the normalised scale, or zeros as
+torchvision does).
 Output: ``image`` float32 HWC, ``label`` int32.
 """
 
@@ -38,12 +39,17 @@ class Preprocess:
     flip: bool = True
     auto_augment: str = ""  # "", "ta_wide" or a timm RandAugment string ("rand-m9-mstd0.5")
     erase_prob: float = 0.0
+    erase_count: int = 1  # timm's --recount: 1 to this many boxes
+    erase_mode: str = "pixel"  # timm's --remode; "const" is torchvision's (zeros)
 
     def __post_init__(self) -> None:
         if self.train_kind not in TRAIN_KINDS:
             raise ValueError(f"train_kind must be one of {TRAIN_KINDS}, got {self.train_kind!r}")
         if self.auto_augment:
             self.policy  # noqa: B018 -- a bad policy string fails here, not in tf.data
+        if self.erase_mode not in ERASE_MODES or self.erase_count < 1:
+            raise ValueError(f"random erasing: mode must be one of {ERASE_MODES} (got "
+                             f"{self.erase_mode!r}) and count >= 1 (got {self.erase_count})")
 
     @property
     def policy(self) -> AutoAugment:
@@ -76,7 +82,8 @@ class Preprocess:
         if self.erase_prob > 0:
             # A key of its own, so that crops and flips stay what they were without erasing.
             erase_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-            out["image"] = random_erase(out["image"], erase_seed, self.erase_prob)
+            out["image"] = random_erase(out["image"], erase_seed, self.erase_prob,
+                                        self.erase_count, self.erase_mode)
         return out
 
     def eval(self, example: dict) -> dict:
@@ -134,17 +141,33 @@ class Preprocess:
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
 
-def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, attempts: int = 10
-                 ) -> tf.Tensor:
-    """timm's ``RandomErasing(prob, mode="pixel", max_count=1)`` on a normalised HWC image,
-    from a stateless ``seed``: of ``attempts`` boxes drawn (area 2-33 %, log-uniform aspect
-    0.3-3.3), the first that fits is filled with N(0, 1) noise. Written here because timm's
-    runs in PyTorch on the host and tf.data needs it as graph ops."""
-    apply_s, area_s, aspect_s, top_s, left_s, noise_s = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 6))
+ERASE_MODES = ("pixel", "rand", "const")
+
+
+def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, max_count: int = 1,
+                 mode: str = "pixel", attempts: int = 10) -> tf.Tensor:
+    """timm's ``RandomErasing(prob, mode, max_count)`` on a normalised HWC image, from a
+    stateless ``seed``: with probability ``prob``, 1 to ``max_count`` boxes (uniform), each
+    the first of ``attempts`` draws (area 2-33 % of the image / count, log-uniform aspect
+    0.3-3.3) that fits, filled with N(0, 1) noise per pixel (``"pixel"``), per channel
+    (``"rand"``) or zeros (``"const"``, torchvision's ``RandomErasing(value=0)``). Written here
+    because timm's and torchvision's run in PyTorch on the host and tf.data needs graph ops."""
+    apply_s, count_s, *box_seeds = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2 + max_count))
+    count = tf.random.stateless_uniform([], count_s, 1, max_count + 1, tf.int32)
     shape = tf.shape(image)
+    erased = tf.random.stateless_uniform([], apply_s) < prob
+    for k, box_seed in enumerate(box_seeds):
+        box, noise = _erase_box(shape, box_seed, count, mode, attempts, image.dtype)
+        image = tf.where(erased & (k < count) & box[:, :, None], noise, image)
+    return image
+
+
+def _erase_box(shape, seed, count, mode, attempts, dtype):
+    area_s, aspect_s, top_s, left_s, noise_s = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 5))
     height, width = shape[0], shape[1]
-    area = tf.cast(height * width, tf.float32)
+    area = tf.cast(height * width, tf.float32) / tf.cast(count, tf.float32)
     target = tf.random.stateless_uniform([attempts], area_s, 0.02, 1 / 3) * area
     aspect = tf.exp(tf.random.stateless_uniform([attempts], aspect_s, math.log(0.3),
                                                 math.log(1 / 0.3)))
@@ -160,9 +183,12 @@ def random_erase(image: tf.Tensor, seed: tf.Tensor, prob: float, attempts: int =
                                                                       tf.float32), tf.int32)
     rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
     box = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-    erase = (tf.random.stateless_uniform([], apply_s) < prob) & tf.reduce_any(fits)
-    noise = tf.random.stateless_normal(shape, noise_s, dtype=image.dtype)
-    return tf.where(erase & box[:, :, None], noise, image)
+    box &= tf.reduce_any(fits)
+    if mode == "const":
+        return box, tf.zeros(shape, dtype)
+    noise_shape = shape if mode == "pixel" else tf.stack([1, 1, shape[2]])
+    return box, tf.broadcast_to(tf.random.stateless_normal(noise_shape, noise_s, dtype=dtype),
+                                shape)
 
 
 def _decode(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:

@@ -56,7 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
     # "ta_wide" (torchvision's TrivialAugmentWide) or a timm RandAugment string such as
     # "rand-m7-mstd0.5-inc1"; on the host, after crop and flip (resnext_jax/data/augment.py).
     c.data.auto_augment = ""
-    c.data.random_erase = 0.0  # probability of timm's random erasing (pixel mode) per image
+    c.data.random_erase = 0.0  # probability of timm's random erasing per image
+    c.data.random_erase_count = 1  # at most this many boxes (timm's --recount)
+    c.data.random_erase_mode = "pixel"  # noise per pixel; "rand" per channel; "const" zeros
     c.data.repeats = 1  # repeated augmentation: copies of each image per batch (--ra-reps)
     # The eval transform (resnext_jax.Transform). None: the pretrained weights' own when
     # model.pretrained is set, else ImageNet's (crop 0.875, bilinear, ImageNet mean / std).

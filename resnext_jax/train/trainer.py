@@ -162,7 +162,9 @@ class Trainer:
         d, p, n = config.data, jax.process_index(), jax.process_count()
         preprocess = data.Preprocess(self.transform, image_size=d.image_size,
                                      train_kind=d.train_preprocess, pad=d.pad, flip=d.flip,
-                                     auto_augment=d.auto_augment, erase_prob=d.random_erase)
+                                     auto_augment=d.auto_augment, erase_prob=d.random_erase,
+                                     erase_count=d.random_erase_count,
+                                     erase_mode=d.random_erase_mode)
         self.eval_data = data.EvalData(self.source, d.eval_split, preprocess,
                                        global_batch=config.eval_batch_size, process_index=p,
                                        process_count=n, cache=d.cache)
