@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
+from mock_tfds import mock_tfds
 
 from resnext_jax import data
 from resnext_jax.transforms import Transform
@@ -17,40 +17,11 @@ from resnext_jax.transforms import Transform
 SPLITS = {"train": 50, "validation": 23}
 
 
-def _fake_jpeg(index: int) -> bytes:
-    rng = np.random.default_rng(index)
-    h, w = rng.integers(24, 64, 2)
-    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    encode = tf.io.encode_png if index % 5 == 0 else tf.io.encode_jpeg  # some PNGs too
-    return encode(image).numpy()
-
-
-def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kw):
-    """Examples whose label is their index in the split, honouring sub-splits (even_splits)."""
-    ids = [i for f in self.info.splits[split].file_instructions
-           for i in range(f.skip, f.skip + f.take)]
-    return tf.data.Dataset.from_generator(
-        lambda: ({"image": _fake_jpeg(i), "label": i} for i in ids),
-        output_signature={"image": tf.TensorSpec((), tf.string),
-                          "label": tf.TensorSpec((), tf.int64)})
-
-
 @pytest.fixture
 def imagenet(tmp_path):
     """``imagenet2012`` with split sizes in its metadata and mocked examples."""
-    data_dir = str(tmp_path)
-    builder = tfds.builder("imagenet2012", data_dir=data_dir)
-    template = tfds.core.ShardedFileTemplate(
-        data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-        dataset_name="imagenet2012", filetype_suffix="tfrecord")
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0,
-                            filename_template=template.replace(split=s))
-        for s, n in SPLITS.items()]))
-    os.makedirs(builder.data_path, exist_ok=True)
-    builder.info.write_to_directory(builder.data_path)
-    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset, data_dir=data_dir):
-        yield data.open_source("imagenet2012", data_dir=data_dir)
+    with mock_tfds(str(tmp_path), "imagenet2012", SPLITS):
+        yield data.open_source("imagenet2012", data_dir=str(tmp_path))
 
 
 PREP = data.Preprocess(Transform(size=32), image_size=32)
