@@ -3,14 +3,17 @@
     PYTHONPATH=. python benchmarks/bench_pipeline.py [--images 256] [--threads 1,2]
 
 Generates JPEGs of ImageNet's typical sizes (500x375 and the like, about 110 KB each at
-quality 90) in memory, then times, in one run: the trainer's train preprocessing
-(``resnext_jax.data.Preprocess.train``: decode + inception crop + flip, resize, normalise),
-its eval preprocessing (resize the shorter side, center crop, normalise), and a reference
-pipeline with the ops of flax's ImageNet example (``decode_and_crop_jpeg`` of a sampled box,
-bicubic resize, flip). Each runs with a private thread pool of N threads (the cores it may
-use) and ``AUTOTUNE`` map parallelism, and once more with tf.data's defaults (the global
-pool) for comparison. Cold start: seconds to the first batch of a fresh iterator; steady:
-images per second over the following batches. The last lines say how many cores, at one
+quality 90) in memory, then times, in one run: a reference pipeline with the ops of flax's
+ImageNet example (``decode_and_crop_jpeg`` of a sampled box, bicubic resize, flip); the
+trainer's train preprocessing (``resnext_jax.data.Preprocess.train``: the same with the
+transform's filter, plus normalisation), alone and with each augmentation the recipes add
+(random erasing, TrivialAugment Wide, RandAugment, and the torchvision V2 recipe's whole
+pipeline at 176); and the eval preprocessing (resize the shorter side, center crop,
+normalise). Each runs with a private thread pool of N threads (the cores it may use) and
+``AUTOTUNE`` map parallelism, and once more with tf.data's defaults (the global pool).
+Cold start: seconds to the first batch of a fresh iterator; steady: images per second over
+the following batches. A second table runs the plain train pipeline under tf.data options
+that could matter, as ratios to the defaults. The last lines say how many cores, at one
 thread's rate, would feed an accelerator training at the given rates (``--feed``).
 """
 
@@ -58,30 +61,51 @@ def reference_train(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224) ->
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
-def pipeline(jpegs: list[bytes], kind: str, threads: int | None, batch: int,
-             epochs: int) -> tf.data.Dataset:
-    preprocess = Preprocess()
-    count = len(jpegs)
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat(epochs)
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(count * epochs))
-    if kind == "train":
-        fn = lambda b, i: preprocess.train({"image": b, "label": 0},  # noqa: E731
-                                           tf.stack([i, 0]))["image"]
-    elif kind == "eval":
-        fn = lambda b, i: preprocess.eval({"image": b, "label": 0})["image"]  # noqa: E731
-    else:
-        fn = lambda b, i: reference_train(b, tf.stack([i, 0]))  # noqa: E731
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2)
+# The train pipelines: what each adds to Preprocess.train's defaults.
+TRAIN_KINDS = {
+    "train": {},
+    "train + random erasing 0.25": {"erase_prob": 0.25},
+    "train + TrivialAugment Wide": {"auto_augment": "ta_wide"},
+    "train + RandAugment m7 mstd0.5 inc1": {"auto_augment": "rand-m7-mstd0.5-inc1"},
+    "torchvision V2 (176, TA Wide, erase 0.1)": {"image_size": 176, "auto_augment": "ta_wide",
+                                                  "erase_prob": 0.1, "erase_mode": "const"},
+}
+
+
+def _options(threads: int | None = None, autotune: bool = True, deterministic: bool = True,
+             optimize: bool = True) -> tf.data.Options:
     options = tf.data.Options()
+    options.deterministic = deterministic
+    options.autotune.enabled = autotune
+    options.experimental_optimization.apply_default_optimizations = optimize
     if threads:
         options.threading.private_threadpool_size = threads
         options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def pipeline(jpegs: list[bytes], kind: str, batch: int, epochs: int,
+             options: tf.data.Options, parallel: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+    count = len(jpegs)
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat(epochs)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(count * epochs))
+    if kind in TRAIN_KINDS:
+        preprocess = Preprocess(**TRAIN_KINDS[kind])
+        fn = lambda b, i: preprocess.train({"image": b, "label": 0},  # noqa: E731
+                                           tf.stack([i, 0]))["image"]
+    elif kind == "eval":
+        preprocess = Preprocess()
+        fn = lambda b, i: preprocess.eval({"image": b, "label": 0})["image"]  # noqa: E731
+    else:
+        fn = lambda b, i: reference_train(b, tf.stack([i, 0]))  # noqa: E731
+    ds = ds.map(fn, num_parallel_calls=parallel)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2)
     return ds.with_options(options)
 
 
-def measure(jpegs, kind, threads, batch, epochs) -> tuple[float, float]:
-    ds = pipeline(jpegs, kind, threads, batch, epochs)
+def measure(jpegs, kind, batch, epochs, options, parallel=tf.data.AUTOTUNE
+            ) -> tuple[float, float]:
+    ds = pipeline(jpegs, kind, batch, epochs, options, parallel)
     start = time.perf_counter()
     batches = iter(ds)
     next(batches).numpy()
@@ -108,20 +132,38 @@ def main() -> None:
     print("| pipeline | threads | cold start s | steady img/s | img/s per thread |")
     print("|---|---|---|---|---|")
     per_core = {}
-    for kind in ("reference", "train", "eval"):
+    for kind in ("reference", *TRAIN_KINDS, "eval"):
         for threads in [int(t) for t in args.threads.split(",")] + [None]:
-            cold, rate = measure(jpegs, kind, threads, args.batch, args.epochs)
+            cold, rate = measure(jpegs, kind, args.batch, args.epochs, _options(threads))
             label = str(threads) if threads else "tf.data defaults"
             per = f"{rate / threads:.0f}" if threads else "-"
             print(f"| {kind} | {label} | {cold:.2f} | {rate:.0f} | {per} |")
             if threads == 1 and kind != "eval":
                 per_core[kind] = rate
+    cores = os.cpu_count()
+    variants = {
+        "defaults (global pool, AUTOTUNE, deterministic, default optimisations)": {},
+        f"private pool of {cores} threads, no intra-op parallelism": {"threads": cores},
+        "deterministic = False": {"deterministic": False},
+        "default static optimisations off": {"optimize": False},
+        f"autotune off, map parallelism fixed at {cores}": {"autotune": False,
+                                                             "parallel": cores},
+    }
+    print("\n| train pipeline, tf.data options | steady img/s | vs defaults |\n|---|---|---|")
+    base = None
+    for label, kw in variants.items():
+        parallel = kw.pop("parallel", tf.data.AUTOTUNE)
+        # Median of three runs of each: a shared machine is noisy.
+        rate = float(np.median([measure(jpegs, "train", args.batch, args.epochs,
+                                        _options(**kw), parallel)[1] for _ in range(3)]))
+        base = base or rate
+        print(f"| {label} | {rate:.0f} | {rate / base:.2f}x |")
     print()
     for item in args.feed.split(","):
         name, rate = item.rsplit("=", 1)
         need = {k: float(rate) / v for k, v in per_core.items()}
         print(f"{name} ({rate} img/s): " + ", ".join(
-            f"{k} {v:.0f} cores" for k, v in need.items()) + " at one thread's rate")
+            f"{k} {v:.1f}" for k, v in need.items()) + " cores at one thread's rate")
 
 
 if __name__ == "__main__":
