@@ -271,7 +271,8 @@ def rand_op(image: tf.Tensor, op: tf.Tensor, level: tf.Tensor, negative: tf.Tens
             ) -> tf.Tensor:
     """timm's RandAugment ``AugmentOp`` after its draws: ``RAND_OPS[op]`` (the increasing
     variants when ``increasing``) at magnitude ``level`` on timm's 0-10 scale, negated when
-    ``negative`` (for the signed ops), with timm's level-to-argument rules."""
+    ``negative`` (for the signed ops), with timm's level-to-argument rules;
+    ``op == len(RAND_OPS)`` (an op not applied) leaves the image as it is."""
     level = tf.clip_by_value(tf.cast(level, tf.float32), 0.0, _LEVEL_MAX) / _LEVEL_MAX
     sign = tf.where(negative, -1.0, 1.0)
     enhance = tf.maximum(0.1, 1.0 + sign * level * 0.9) if increasing else level * 1.8 + 0.1
@@ -283,7 +284,7 @@ def rand_op(image: tf.Tensor, op: tf.Tensor, level: tf.Tensor, negative: tf.Tens
             "Contrast": enhance, "Brightness": enhance, "Sharpness": enhance,
             "ShearX": sign * level * 0.3, "ShearY": sign * level * 0.3,
             "TranslateXRel": sign * level * 0.45, "TranslateYRel": sign * level * 0.45}
-    return _apply(image, RAND_OPS, op, args, interpolation, fill)
+    return _apply(image, (*RAND_OPS, "Identity"), op, args, interpolation, fill)
 
 
 # ------------------------------------------------------------------------------ policies
@@ -347,11 +348,10 @@ class AutoAugment:
                 level = tf.random.stateless_uniform([], level_s, 0.0, self.magnitude)
             elif self.magnitude_std > 0:
                 level += self.magnitude_std * tf.random.stateless_normal([], level_s)
-            augmented = rand_op(image, _randint(op_s, len(RAND_OPS)), level,
-                                tf.random.stateless_uniform([], sign_s) > 0.5, self.increasing,
-                                **geometric)
-            image = tf.where(tf.random.stateless_uniform([], apply_s) < self.prob, augmented,
-                             image)
+            applied = tf.random.stateless_uniform([], apply_s) < self.prob
+            op = tf.where(applied, _randint(op_s, len(RAND_OPS)), len(RAND_OPS))
+            image = rand_op(image, op, level, tf.random.stateless_uniform([], sign_s) > 0.5,
+                            self.increasing, **geometric)
         return image
 
 
