@@ -1,6 +1,7 @@
-"""Where a training step's time goes on the CPU: the figures behind README "Speed".
+"""Where a training step's (or, with ``--infer``, a forward pass's) time goes on the CPU: the
+figures behind README "Speed".
 
-    PYTHONPATH=. python benchmarks/profile_step.py --model resnext50_32x4d --batch 16
+    PYTHONPATH=. python benchmarks/profile_step.py --model resnext50_32x4d --batch 16 [--infer]
 
 Prints the step time, the page faults and system time per step (run it with and without
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1), and the JAX profiler's time per kind of XLA
@@ -38,19 +39,29 @@ def main():
     parser.add_argument("--lowering", default="fast")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--heavy", type=int, default=30)
+    parser.add_argument("--infer", action="store_true", help="the forward pass (eval mode)")
     args = parser.parse_args()
 
     model, variables, images, labels = build(args.model, args.lowering, jax.numpy.float32,
                                              args.batch)
     tx = optax.sgd(0.1, momentum=0.9)
-    _, train = make_steps(model, tx)
-    batch = {"image": images, "label": labels}
-    state = jax.block_until_ready(train(train_state(model, tx, variables), batch))[0]  # warm-up
+    infer, train = make_steps(model, tx)
+    if args.infer:
+        step, inputs = infer, [variables, images]
+        run = lambda: jax.block_until_ready(infer(*inputs))  # noqa: E731
+    else:
+        batch = {"image": images, "label": labels}
+        step, inputs = train, [train_state(model, tx, variables), batch]
+
+        def run():  # the state is donated: carry the new one
+            inputs[0] = jax.block_until_ready(train(*inputs))[0]
+    run()  # warm-up
 
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    state = jax.block_until_ready(train(state, batch))[0]
+    run()
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    print(f"{args.model}, {args.lowering}, batch {args.batch}: step {seconds:.2f} s; "
+    what = "forward" if args.infer else "step"
+    print(f"{args.model}, {args.lowering}, batch {args.batch}: {what} {seconds:.2f} s; "
           f"{after.ru_minflt - before.ru_minflt:,} page faults, "
           f"{after.ru_stime - before.ru_stime:.2f} s system / "
           f"{after.ru_utime - before.ru_utime:.2f} s user CPU time; "
@@ -58,10 +69,10 @@ def main():
 
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            state = jax.block_until_ready(train(state, batch))[0]
+            run()
         trace, = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
         events = json.load(gzip.open(trace))["traceEvents"]
-    hlo = train.lower(state, batch).compile().as_text()
+    hlo = step.lower(*inputs).compile().as_text()
     bodies = dict(re.findall(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
     calls = dict(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?calls=(%[\w.\-]+)", hlo, re.M))
     by_kind, heavy = collections.Counter(), 0.0

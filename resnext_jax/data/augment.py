@@ -232,7 +232,7 @@ def _branches(names: tuple[str, ...], channels: int, interpolation: str,
               fill: tuple[int, ...]) -> list:
     geometric = {"interpolation": interpolation, "fill": fill}
     specs = (tf.TensorSpec([None, None, channels], tf.uint8), tf.TensorSpec([], tf.float32))
-    return [tf.function(functools.partial(_OPS[name], geometric=geometric))
+    return [tf.function(functools.partial(_OPS[name], geometric=geometric), autograph=False)
             .get_concrete_function(*specs) for name in names]
 
 

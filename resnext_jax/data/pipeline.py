@@ -34,6 +34,11 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint32)[0])
 
 
+def _no_autograph(fn):
+    """The preprocessing is graph code already; converting it took seconds per pipeline."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = True  # parallel maps keep their order: needed for exact resume
@@ -88,8 +93,8 @@ class TrainData:
                 lambda group: tf.data.Dataset.from_tensors(group).repeat(self.repeats).unbatch())
         ds = ds.enumerate()  # the position gives each copy its own augmentation seed
         ds = ds.skip(skip * self.shard_batch)  # before decoding: resuming costs reads only
-        ds = ds.map(lambda i, e: self.preprocess.train(e, tf.stack([tf.cast(epoch_seed, tf.int64),
-                                                                    i])),
+        seed = tf.cast(epoch_seed, tf.int64)
+        ds = ds.map(_no_autograph(lambda i, e: self.preprocess.train(e, tf.stack([seed, i]))),
                     num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(self.shard_batch, drop_remainder=True)
 
@@ -124,7 +129,7 @@ class EvalData:
 
     def _dataset(self) -> tf.data.Dataset:
         ds = self.source.read(self.split, self.index, self.count)
-        ds = ds.map(lambda e: {**self.preprocess.eval(e), "mask": tf.constant(1.0)},
+        ds = ds.map(_no_autograph(lambda e: {**self.preprocess.eval(e), "mask": tf.constant(1.0)}),
                     num_parallel_calls=tf.data.AUTOTUNE)
         if self.cache:
             ds = ds.cache()
