@@ -93,7 +93,16 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+        # The mean over H x W as a product with a constant: XLA:CPU turns a reduction this
+        # large into a padded reduce-window (its tree reduction), which cost SE-ResNeXt-50
+        # inference 41 ms a batch of 16 in layer1 alone; a matrix-vector product does not.
+        # Batched over the rows, so that neither operand needs a transpose.
+        n, height, width, c = x.shape
+        pixels = x.astype(jnp.float32).reshape(n, height * width, c)
+        # (N, 1, H W) by broadcasting, so that a symbolic batch (export) stays symbolic.
+        scale = jnp.zeros_like(pixels[:, :1, :1]) + 1 / (height * width)
+        weights = jnp.broadcast_to(scale, (n, 1, height * width))
+        squeezed = jnp.einsum("nkp,npc->nkc", weights, pixels)[:, :, None, :].astype(x.dtype)
         reduced = se_features(x.shape[-1], self.rule, self.reduction)
         hidden = nn.relu(dense(reduced, name="fc1")(squeezed))
         gate = nn.sigmoid(dense(x.shape[-1], name="fc2")(hidden))
