@@ -56,15 +56,13 @@ class TrainData:
             raise ValueError(
                 f"data.num_shards={num_shards} must be a multiple of the process count "
                 f"({process_count}) and divide the global batch ({global_batch})")
-        if repeats < 1 or (global_batch // num_shards) % repeats or \
-                global_batch // num_shards == repeats:
+        self.shard_batch = global_batch // num_shards
+        if repeats < 1 or self.shard_batch % repeats or self.shard_batch == repeats:
             raise ValueError(
-                f"data.repeats={repeats} must divide each shard's batch of "
-                f"{global_batch // num_shards} (batch_size / data.num_shards) into groups of "
-                "two or more images")
+                f"data.repeats={repeats} must divide each shard's batch of {self.shard_batch} "
+                "(batch_size / data.num_shards) into groups of two or more images")
         self.source, self.split, self.preprocess = source, split, preprocess
         self.num_shards, self.seed = num_shards, seed
-        self.shard_batch = global_batch // num_shards
         per_process = num_shards // process_count
         self.shards = range(process_index * per_process, (process_index + 1) * per_process)
         self.shuffle_buffer, self.cache, self.prefetch = shuffle_buffer, cache, prefetch
