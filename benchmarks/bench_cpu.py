@@ -1,15 +1,17 @@
 """CPU speed of every lowering, side by side with PyTorch + timm (channels_last).
 
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python benchmarks/bench_cpu.py \
-        --torch-python /work/torchenv/bin/python
+    PYTHONPATH=. python benchmarks/bench_cpu.py --torch-python /work/torchenv/bin/python
 
-Prints, in one run: the machine's dense-matmul peak; img/s of inference and of a full SGD
+Prints, in one run: ``bench_paths.py``'s table (the default and the tuned path, JAX next to
+PyTorch, each figure from its own process); then, on the tuned path
+(this process re-executes itself with glibc's huge-page malloc, like the command lines),
+the machine's dense-matmul peak; img/s of inference and of a full SGD
 training step of ResNeXt-50 / SE-ResNeXt-50 at 224 with each lowering, with compile times,
 the PyTorch figures, ratios and the fraction of peak; per-layer forward / input-gradient /
 kernel-gradient times of ResNeXt-50's grouped convolutions; and the compile time of a
 ResNeXt-101 32x8d training step. XLA's own lowering trains at minutes per step on a CPU,
 so its training step runs only when named in ``--train-lowerings``. Every JAX figure is
-compiled with ``rx.compiler_options(train=...)`` (what the trainer uses), except the rows marked
+compiled with ``rx.compiler_options()`` (what the trainer uses), except the rows marked
 "XLA defaults" (``--xla-defaults``), which show what those options change.
 """
 
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_paths import compare_paths  # noqa: E402
 from common import (  # noqa: E402
     jit,
     make_steps,
@@ -65,9 +68,9 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
                           lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
-    fns = {"fwd": jit(lambda x, k, dy: conv(x, k), train=False),
-           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0], train=True),
-           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0], train=True)}
+    fns = {"fwd": jit(lambda x, k, dy: conv(x, k)),
+           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
+           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
     out = {}
     for what, fn in fns.items():
         jax.block_until_ready(fn(x, k, dy))
@@ -124,12 +127,17 @@ def main():
                         help="models whose training-step compile time is measured ('' skips)")
     parser.add_argument("--torch-python", default=None,
                         help="a Python with torch + timm, e.g. /work/torchenv/bin/python")
+    parser.add_argument("--path-rounds", type=int, default=1,
+                        help="processes per figure of the paths table (0 skips it)")
     args = parser.parse_args()
-    dtype = jnp.dtype(args.dtype)
     models = [m for m in args.models.split(",") if m]
+    if args.path_rounds:
+        print(compare_paths(",".join(models), args.batch, args.dtype, args.repeats,
+                            args.path_rounds, args.torch_python) + "\n", flush=True)
+    dtype = jnp.dtype(args.dtype)
     lowerings = [m for m in args.lowerings.split(",") if m]
     train_lowerings = [m for m in args.train_lowerings.split(",") if m]
-    # (row label, lowering, XLA options): None means rx.compiler_options(train=...).
+    # (row label, lowering, XLA options): None means rx.compiler_options().
     variants = [(lo, lo, None) for lo in lowerings] + [
         (f"{lo} (XLA defaults)", lo, {}) for lo in args.xla_defaults.split(",") if lo]
     layer_batch = args.layer_batch or args.batch
@@ -198,4 +206,5 @@ def main():
 
 
 if __name__ == "__main__":
+    rx.ops.reexec_with_huge_pages()  # the tuned path, as the command lines run
     main()

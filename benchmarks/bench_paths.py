@@ -2,13 +2,17 @@
 
     PYTHONPATH=. python benchmarks/bench_paths.py --torch-python /path/to/python-with-torch-timm
 
-The default path is what a process gets with no settings: a plain ``jax.jit`` (no compiler
-options) in a process started without ``GLIBC_TUNABLES``, and PyTorch as it comes. The tuned
-path: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for both frameworks (what this project's
-command lines now set for themselves, ``rx.ops.reexec_with_huge_pages``) and
-``rx.compiler_options`` in every ``jit``. Each figure comes from its own process, so that
-the tunable (read at process start) is the only difference; the rounds alternate JAX and
-PyTorch and both paths, and the table shows medians over rounds and their ratios.
+Two paths, each figure from its own process so that what the process starts with is the
+only difference:
+
+- ``default``: what a process gets with no settings: a plain ``jax.jit`` (no compiler
+  options) in a process started without ``GLIBC_TUNABLES``; PyTorch as it comes.
+- ``tuned``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for both frameworks and
+  ``rx.compiler_options()`` in every ``jit`` (what this project's command lines set for
+  themselves: ``rx.ops.reexec_with_huge_pages``).
+
+The rounds alternate JAX and PyTorch and the paths; the table shows medians over rounds and
+their ratios. ``bench_cpu.py`` prints the same table above its own (tuned-path) figures.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PATHS = {"default": {"GLIBC_TUNABLES": None}, "tuned": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+PATHS = {"default": None, "tuned": HUGE_PAGES}  # path -> GLIBC_TUNABLES
 
 
 def worker(path: str, models: str, batch: int, repeats: int, dtype: str) -> None:
@@ -29,21 +34,58 @@ def worker(path: str, models: str, batch: int, repeats: int, dtype: str) -> None
     import jax.numpy as jnp
     from common import time_model
 
-    options = {} if path == "default" else None  # None: rx.compiler_options(train=...)
+    options = None if path == "tuned" else {}  # None: rx.compiler_options()
     figures = {name: time_model(name, "auto", jnp.dtype(dtype), batch, ("infer", "train"),
                                 repeats, options=options)
                for name in models.split(",")}
     print(json.dumps(figures))
 
 
-def run(cmd: list[str], path: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    if PATHS[path]["GLIBC_TUNABLES"]:
-        env["GLIBC_TUNABLES"] = PATHS[path]["GLIBC_TUNABLES"]
+def run(cmd: list[str], tunables: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.path.dirname(HERE),
+                                                      env.get("PYTHONPATH")]))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{' '.join(cmd[:2])} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int,
+                  torch_python: str | None) -> str:
+    """The Markdown table: img/s per path, model and mode, JAX next to PyTorch."""
+    common = ["--models", models, "--batch", str(batch), "--dtype", dtype,
+              "--repeats", str(repeats)]
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(rounds):
+        for path, tunables in PATHS.items():
+            runs.setdefault(("jax", path), []).append(
+                run([sys.executable, os.path.join(HERE, "bench_paths.py"), "--worker", path,
+                     *common], tunables))
+            if torch_python:
+                runs.setdefault(("torch", path), []).append(
+                    run([torch_python, os.path.join(HERE, "torch_cpu.py"), *common],
+                        tunables)["models"])
+
+    def median(framework: str, path: str, name: str, key: str) -> float | None:
+        values = [r[name][key] for r in runs.get((framework, path), [])]
+        return statistics.median(values) if values else None
+
+    lines = [f"{dtype}, batch {batch}, 224x224, {os.cpu_count()} cores, medians of {rounds} "
+             f"processes x {repeats} steps (img/s)\n",
+             "| path | model | mode | JAX | PyTorch | JAX / PyTorch |",
+             "|---|---|---|---|---|---|"]
+    for path in PATHS:
+        for name in models.split(","):
+            for mode in ("train", "infer"):
+                ours = median("jax", path, name, f"{mode}_img_s")
+                theirs = median("torch", path, name, f"{mode}_img_s")
+                ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+                lines.append(f"| {path} | {name} | {mode} | {ours:.2f} | "
+                             f"{f'{theirs:.2f}' if theirs else '-'} | {ratio} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -59,34 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.models, args.batch, args.repeats, args.dtype)
-
-    common = ["--models", args.models, "--batch", str(args.batch), "--dtype", args.dtype,
-              "--repeats", str(args.repeats)]
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for _ in range(args.rounds):
-        for path in PATHS:
-            runs.setdefault(("jax", path), []).append(
-                run([sys.executable, __file__, "--worker", path, *common], path))
-            if args.torch_python:
-                runs.setdefault(("torch", path), []).append(
-                    run([args.torch_python, os.path.join(HERE, "torch_cpu.py"), *common],
-                        path)["models"])
-
-    def median(framework: str, path: str, name: str, key: str) -> float | None:
-        values = [r[name][key] for r in runs.get((framework, path), [])]
-        return statistics.median(values) if values else None
-
-    print(f"{args.dtype}, batch {args.batch}, 224x224, {os.cpu_count()} cores, "
-          f"medians of {args.rounds} processes x {args.repeats} steps (img/s)\n")
-    print("| path | model | mode | JAX | PyTorch | JAX / PyTorch |\n|---|---|---|---|---|---|")
-    for path in PATHS:
-        for name in args.models.split(","):
-            for mode in ("train", "infer"):
-                ours = median("jax", path, name, f"{mode}_img_s")
-                theirs = median("torch", path, name, f"{mode}_img_s")
-                ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-                print(f"| {path} | {name} | {mode} | {ours:.2f} | "
-                      f"{f'{theirs:.2f}' if theirs else '-'} | {ratio} |")
+    print(compare_paths(args.models, args.batch, args.dtype, args.repeats, args.rounds,
+                        args.torch_python))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def step_rows(names: list[str], per_device_batch: int, image_size: int = 224,
         for kind, step in steps.items():
             compiled = jax.jit(step, out_shardings=(replicated, replicated),
                                donate_argnums=0,
-                               compiler_options=rx.compiler_options(train=True)
+                               compiler_options=rx.compiler_options()
                                ).lower(state, batch).compile()
             rows.append({"model": name, "step": kind, "devices": devices,
                          "global_batch": global_batch, "dtype": str(dtype),

@@ -41,28 +41,27 @@ def build(name: str, lowering: str, dtype: Any, batch: int, image_size: int = 22
     return model, variables, images, labels
 
 
-def jit(fn: Callable, *, train: bool, options: dict | None = None):
-    """``jax.jit`` with XLA ``options`` (default: ``rx.compiler_options(train=train)``)."""
-    return jax.jit(fn, compiler_options=rx.compiler_options(train=train)
-                   if options is None else options)
+def jit(fn: Callable, options: dict | None = None, **kwargs):
+    """``jax.jit`` with XLA ``options`` (default: ``rx.compiler_options()``)."""
+    return jax.jit(fn, compiler_options=rx.compiler_options() if options is None else options,
+                   **kwargs)
 
 
 def make_steps(model, tx: optax.GradientTransformation, options: dict | None = None):
     """Jitted inference (``(variables, images)``) and the trainer's own train step
     (``(state, batch) -> (state, metrics)``, BatchNorm in train mode, on one device).
 
-    ``options``: XLA compiler options for both (default: ``rx.compiler_options(train=...)``).
+    ``options``: XLA compiler options for both (default: ``rx.compiler_options()``).
     """
 
-    @functools.partial(jit, train=False, options=options)
+    @functools.partial(jit, options=options)
     def infer(variables, images):
         return model.apply(variables, images, train=False)
 
     mesh = Mesh(np.array(jax.devices()[:1]), (DATA_AXIS,))
     step = make_train_step(model, tx, optax.constant_schedule(0.0), num_classes=model.num_classes,
                            label_smoothing=0.0, ema_decay=0.0, accum_steps=1, seed=0, mesh=mesh)
-    train = jax.jit(step, donate_argnums=0, compiler_options=rx.compiler_options(train=True)
-                    if options is None else options)
+    train = jit(step, options, donate_argnums=0)
     return infer, train
 
 

@@ -78,6 +78,23 @@ class Conv(nn.Module):
         return y if bias is None else y + bias
 
 
+def spatial_mean(x: jax.Array) -> jax.Array:
+    """The float32 mean of NHWC maps over H x W, ``(N, C)``, as a matrix-vector product.
+
+    XLA:CPU turns a reduction this large into a padded reduce-window (its tree reduction),
+    which cost SE-ResNeXt-50 inference 41 ms a batch of 16 in layer1 alone, and by default
+    hands the final pooling to a YNNPACK fusion that swallows the last blocks' products; a
+    product with a constant does neither. Batched over the rows, so that no operand needs a
+    transpose.
+    """
+    n, height, width, c = x.shape
+    pixels = x.astype(jnp.float32).reshape(n, height * width, c)
+    # (N, 1, H W) by broadcasting, so that a symbolic batch (export) stays symbolic.
+    scale = jnp.zeros_like(pixels[:, :1, :1]) + 1 / (height * width)
+    weights = jnp.broadcast_to(scale, (n, 1, height * width))
+    return jnp.einsum("nkp,npc->nkc", weights, pixels)[:, 0, :]
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excitation (Hu et al.): mean pool, FC + ReLU, FC + sigmoid, rescale.
 
@@ -93,16 +110,7 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        # The mean over H x W as a product with a constant: XLA:CPU turns a reduction this
-        # large into a padded reduce-window (its tree reduction), which cost SE-ResNeXt-50
-        # inference 41 ms a batch of 16 in layer1 alone; a matrix-vector product does not.
-        # Batched over the rows, so that neither operand needs a transpose.
-        n, height, width, c = x.shape
-        pixels = x.astype(jnp.float32).reshape(n, height * width, c)
-        # (N, 1, H W) by broadcasting, so that a symbolic batch (export) stays symbolic.
-        scale = jnp.zeros_like(pixels[:, :1, :1]) + 1 / (height * width)
-        weights = jnp.broadcast_to(scale, (n, 1, height * width))
-        squeezed = jnp.einsum("nkp,npc->nkc", weights, pixels)[:, :, None, :].astype(x.dtype)
+        squeezed = spatial_mean(x)[:, None, None, :].astype(x.dtype)
         reduced = se_features(x.shape[-1], self.rule, self.reduction)
         hidden = nn.relu(dense(reduced, name="fc1")(squeezed))
         gate = nn.sigmoid(dense(x.shape[-1], name="fc2")(hidden))
@@ -228,13 +236,13 @@ def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
     """Pool NHWC maps to ``(N, C)`` (``(N, 2C)`` for ``catavgmax``), reducing in float32."""
     x32 = x.astype(jnp.float32)
     if kind == "avg":
-        pooled = x32.mean(axis=(1, 2))
+        pooled = spatial_mean(x)
     elif kind == "max":
         pooled = x32.max(axis=(1, 2))
     elif kind == "avgmax":
-        pooled = 0.5 * (x32.mean(axis=(1, 2)) + x32.max(axis=(1, 2)))
+        pooled = 0.5 * (spatial_mean(x) + x32.max(axis=(1, 2)))
     elif kind == "catavgmax":
-        pooled = jnp.concatenate([x32.mean(axis=(1, 2)), x32.max(axis=(1, 2))], axis=-1)
+        pooled = jnp.concatenate([spatial_mean(x), x32.max(axis=(1, 2))], axis=-1)
     else:
         raise ValueError(f"unknown global_pool {kind!r}; choose one of {GLOBAL_POOLS}")
     return pooled.astype(x.dtype)

@@ -41,7 +41,7 @@ class ParallelApply:
         self._jitted = jax.jit(functools.partial(split.apply, **apply_kwargs),
                                in_shardings=(self._replicated, self._rows),
                                out_shardings=self._rows,
-                               compiler_options=compiler_options(train=False))
+                               compiler_options=compiler_options())
         self._placed: tuple[Any, Any] | None = None  # (the caller's variables, on the mesh)
 
     def _check(self, images: Any) -> None:

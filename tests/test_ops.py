@@ -134,7 +134,7 @@ def test_model_default_lowering_is_auto():
 
 def test_tiny_seresnext_train_step_matches_xla():
     """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads,
-    with XLA's default compiler options and with ``ops.compiler_options(train=True)``.
+    with XLA's default compiler options and with ``ops.compiler_options()``.
 
     ``zero_init_last=False`` so that the residual branches reach the output, and maps of at
     least 2x2 at the last stage so that train-mode BatchNorm statistics are well conditioned.
@@ -142,7 +142,7 @@ def test_tiny_seresnext_train_step_matches_xla():
     x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
     weights = jax.random.normal(jax.random.key(2), (4, 10))
     results = {}
-    tuned = ops.compiler_options(train=True)
+    tuned = ops.compiler_options()
     for lowering, options in [("xla", {}), ("fast", {}), ("fast", tuned)]:
         model = create_model("tiny_seresnext", lowering=lowering, zero_init_last=False)
         variables = model.init(jax.random.key(1), x)
@@ -163,14 +163,33 @@ def test_tiny_seresnext_train_step_matches_xla():
 
 
 def test_compiler_options_per_backend():
-    for train in (True, False):
-        assert ops.compiler_options(train=train, backend="gpu") == {}
-        assert ops.compiler_options(train=train, backend="tpu") == {}
-    # On the CPU (README "Speed"): training hands only reductions to YNNPACK, inference
-    # nothing; this jaxlib accepts both.
-    ynn = "xla_cpu_experimental_ynn_fusion_type"
-    assert ops.compiler_options(train=True, backend="cpu") == {ynn: "LIBRARY_FUSION_TYPE_REDUCE"}
-    assert ops.compiler_options(train=False, backend="cpu") == {ynn: ""}
+    assert ops.compiler_options(backend="gpu") == {}
+    assert ops.compiler_options(backend="tpu") == {}
+    # On the CPU (README "Speed"): only reductions go to YNNPACK; this jaxlib accepts it.
+    assert ops.compiler_options(backend="cpu") == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def test_inference_leaves_no_library_fusion_under_the_options():
+    """One set of options serves inference too: its global pooling and SE squeezes are
+    products, not reductions, so nothing goes to YNNPACK (which by default takes the
+    products too, and a reduction swallowed the last blocks)."""
+    model = create_model("tiny_seresnext")
+    x = jnp.zeros((2, 64, 64, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def fusions(options):
+        compiled = jax.jit(model.apply, compiler_options=options).lower(variables, x).compile()
+        return compiled.as_text().count("kind=kCustom")
+
+    assert fusions({}) > 0  # XLA's defaults hand the products to YNNPACK
+    assert fusions(ops.compiler_options()) == 0
+
+
+def test_fastest_dtype_and_auto():
+    assert ops.fastest_dtype("cpu") == jnp.float32
+    assert ops.fastest_dtype("gpu") == ops.fastest_dtype("tpu") == jnp.bfloat16
+    assert create_model("tiny_resnext", dtype="auto").dtype == ops.fastest_dtype()
 
 
 def test_huge_pages_hint(monkeypatch):

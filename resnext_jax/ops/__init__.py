@@ -9,10 +9,16 @@ lowering) by paths that XLA:CPU runs faster; ``"portable"`` by operators that ON
 :func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
 
-from resnext_jax.ops.compiler import compiler_options, huge_pages_hint, reexec_with_huge_pages
+from resnext_jax.ops.compiler import (
+    compiler_options,
+    fastest_dtype,
+    huge_pages_hint,
+    reexec_with_huge_pages,
+)
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
 from resnext_jax.ops.sharding import AxisName, manual
 
 __all__ = ["LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",
-           "huge_pages_hint", "manual", "max_pool", "reexec_with_huge_pages", "resolve"]
+           "fastest_dtype", "huge_pages_hint", "manual", "max_pool", "reexec_with_huge_pages",
+           "resolve"]

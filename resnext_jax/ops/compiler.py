@@ -1,23 +1,23 @@
-"""XLA compiler options under which these models run fastest, per backend.
+"""Process and compiler settings under which these models run fastest, per backend.
 
-Pass them to ``jax.jit(fn, compiler_options=compiler_options(train=...))``; they apply to that
-computation only, never to the rest of the process (unlike ``XLA_FLAGS``).
-
+:func:`compiler_options` are XLA options for one computation:
+``jax.jit(fn, compiler_options=compiler_options())``; they never touch the rest of the process.
 On the CPU, XLA hands matrix products, elementwise ops and reductions to YNNPACK by default.
 For ResNeXt, Eigen's matrix products are faster; YNNPACK's reductions (train-mode BatchNorm
-statistics and gradients) are faster than XLA's own loops, but a YNNPACK reduction also
-absorbs the products and convolutions that feed it. So a training step hands only reductions
-to YNNPACK, and inference, whose only reduction is the final pooling (where that absorption
-swallowed the last two blocks: 102 ms of a 1.1 s batch), hands it nothing. Measured on the
-project's 2-core CPU, ResNeXt-50 32x4d, fp32, batch 16, huge pages on (below), each pair
-side by side: training step 3.95-4.22 vs 3.54-3.82 img/s with XLA's defaults, inference
-16.8 vs 12.9-14.5 img/s; in full benchmark runs the differences were within their noise
-(README "Speed").
+statistics and gradients) are faster than XLA's own loops, so only reductions go to YNNPACK.
+Inference has none left (the global pooling is a product, ``layers.spatial_mean``), so the
+same options serve training and inference.
 
-The other CPU cost no option reaches: XLA allocates a step's temporaries afresh on every
-call, and with 4 KiB pages the kernel faults in each one (about a million page faults and a
-fifth of the CPU time of a ResNeXt-50 step). glibc's ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``,
-read at process start, backs them with transparent huge pages: :func:`huge_pages_hint`.
+The other CPU cost is memory: XLA allocates a step's buffers afresh on every call; glibc's
+malloc maps every block over its 32 MiB ``mmap`` ceiling and unmaps it on free, and the
+kernel faults in each 4 KiB page again (about a million page faults and a fifth of the CPU
+time of a ResNeXt-50 training step). glibc's ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, read
+only at process start, backs them with transparent huge pages (:func:`huge_pages_hint`,
+:func:`reexec_with_huge_pages`). Keeping the blocks in the heap instead (``mallopt``: one
+arena, no ``mmap``, no trimming, set before JAX starts) removed the faults, but the heap
+fragments and keeps growing: a ResNeXt-50 training step's 4.4 GB grew by 3.2 GB at a time to
+10.8 GB with a second process on the cores, a grouped convolution's gradient from 0.67 GB to
+2.0-2.6 GB in 40 steps. So the project does not do it (README "Speed").
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
-_CPU_TRAIN = {_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
-_CPU_INFER = {_YNN: ""}
+_CPU_OPTIONS = {_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache
@@ -45,17 +45,14 @@ def _accepted(options: tuple[tuple[str, Any], ...]) -> bool:
     return True
 
 
-def compiler_options(*, train: bool, backend: str | None = None) -> dict[str, Any]:
+def compiler_options(*, backend: str | None = None) -> dict[str, Any]:
     """The options for ``backend`` (default: JAX's default backend); ``{}`` where none help.
 
-    ``train``: for a computation with train-mode BatchNorm (a training step); ``False`` for
-    inference and evaluation. GPU / TPU get none: XLA's defaults there have not been
-    measured worse.
+    GPU / TPU get none: XLA's defaults there have not been measured worse.
     """
-    options = _CPU_TRAIN if train else _CPU_INFER
-    if (backend or jax.default_backend()) != "cpu" or not _accepted(tuple(options.items())):
+    if (backend or jax.default_backend()) != "cpu" or not _accepted(tuple(_CPU_OPTIONS.items())):
         return {}
-    return dict(options)
+    return dict(_CPU_OPTIONS)
 
 
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
@@ -77,6 +74,14 @@ def _huge_pages_supported() -> bool:
 
 def _tunable_chosen() -> bool:
     return "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def fastest_dtype(backend: str | None = None) -> jnp.dtype:
+    """The compute dtype these models run fastest in on ``backend`` (default: JAX's default):
+    bfloat16 on GPU / TPU (their matrix units), float32 on the CPU, where XLA:CPU's bfloat16
+    ran at or below its float32 (README "Speed"). What ``dtype="auto"`` resolves to."""
+    return jnp.dtype(jnp.float32 if (backend or jax.default_backend()) == "cpu"
+                     else jnp.bfloat16)
 
 
 def huge_pages_hint(backend: str | None = None) -> str | None:

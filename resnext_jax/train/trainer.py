@@ -146,12 +146,12 @@ class Trainer:
                             seed=config.seed, mesh=self.mesh, mixing=mixing),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
-            compiler_options=compiler_options(train=True))
+            compiler_options=compiler_options())
         self.eval_step = jax.jit(
             make_eval_step(self.model, num_classes=self.num_classes,
                            use_ema=config.ema_decay > 0, mesh=self.mesh),
             in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=self.replicated, compiler_options=compiler_options(train=False))
+            out_shardings=self.replicated, compiler_options=compiler_options())
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
@@ -257,7 +257,7 @@ def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pre
                          f"{num_classes} classes; leave model.num_classes unset to use the "
                          "data's")
     overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
-    overrides["dtype"] = jnp.dtype(m.dtype)
+    overrides["dtype"] = "auto" if m.dtype == "auto" else jnp.dtype(m.dtype)
     if m.pretrained:
         loaded = load(m.pretrained, m.name or None, num_classes=num_classes, **overrides)
         return loaded.model, loaded

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
-from resnext_jax import zoo
+from resnext_jax import ops, zoo
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import native
@@ -95,7 +95,7 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
 
     ``model``: a zoo name or a ``ResNet``, for checkpoints that do not say which model they
     hold; it must agree with sources that do. ``overrides``: ``ResNet`` fields, e.g.
-    ``dtype``, ``features_only``;
+    ``dtype`` (``"auto"``: :func:`resnext_jax.ops.fastest_dtype`), ``features_only``;
     ``num_classes`` other than the source's keeps the backbone and initialises a new head
     from ``rng`` (with a warning), ``num_classes=0`` drops the head.
     """
@@ -105,6 +105,8 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
                            "fix them; build a new model with create_model to change them")
     if isinstance(model, ResNet):  # its head is the one asked for
         overrides = {"num_classes": model.num_classes, **overrides}
+    if isinstance(overrides.get("dtype"), str) and overrides["dtype"] == "auto":
+        overrides["dtype"] = ops.fastest_dtype()
     path = os.fspath(source)
     if os.path.isdir(path):
         return _load_native(*_folder(path), model, overrides, rng)
