@@ -375,3 +375,12 @@ def test_writes_never_follow_a_link_planted_at_a_temporary_name(tiny, tmp_path):
         assert (tmp_path / name).stat().st_size > 0 and not (tmp_path / name).is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == [
         "plain.bin", "victim.txt", "w.msgpack", "w.safetensors"]  # no temporary files left
+
+
+def test_auto_dtype_resolves_on_load() -> None:
+    """``dtype="auto"`` is a request, never a field value: load resolves it for a model
+    given as a module (``clone``) as ``create_model`` does for a name."""
+    loaded = rx.load(FIXTURE_FILE, fixture_model(FIXTURE), dtype="auto")
+    assert loaded.model.dtype == rx.ops.fastest_dtype()
+    x = jnp.zeros((1, 32, 32, 3))
+    assert loaded.model.apply(loaded.variables, x).dtype == rx.ops.fastest_dtype()
