@@ -6,6 +6,8 @@ weight file made on the spot stands in for the Hub, and images are made locally.
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -107,3 +109,25 @@ def test_04_sharding_demo_runs(tmp_path):
     assert "per-device rows: [2, 2, 2, 2, 2, 2, 2, 2]" in text
     stats_diff = float(text.split("8 devices vs 1: ")[1].split()[0])
     assert stats_diff < 1e-4
+
+
+def test_kernelspec_with_huge_pages(tmp_path, monkeypatch):
+    """README "Speed": a Jupyter kernel installed with ``--env GLIBC_TUNABLES ...`` starts
+    with the tunable (glibc reads it only at start-up, so a running kernel cannot)."""
+    from jupyter_client.manager import start_new_kernel
+
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(tmp_path),
+                    "--name", "resnext-huge-pages", "--env", "GLIBC_TUNABLES",
+                    "glibc.malloc.hugetlb=1"], check=True, capture_output=True, timeout=120)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)  # only the kernelspec may set it
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    manager, client = start_new_kernel(kernel_name="resnext-huge-pages", startup_timeout=120)
+    try:
+        seen = []
+        client.execute_interactive(
+            "import os; print(os.environ.get('GLIBC_TUNABLES'))", timeout=60,
+            output_hook=lambda msg: seen.append(msg["content"].get("text", "")))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert "".join(seen).strip() == "glibc.malloc.hugetlb=1"

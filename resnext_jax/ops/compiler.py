@@ -95,7 +95,8 @@ def huge_pages_hint(backend: str | None = None) -> str | None:
     if not _huge_pages_supported():
         return None
     return ("CPU training runs up to 1.3x faster with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-            "set before Python starts (huge pages for XLA's per-step buffers; README \"Speed\")")
+            "set before Python starts (huge pages for XLA's per-step buffers; for a Jupyter "
+            "kernel, see README \"Speed\")")
 
 
 def reexec_with_huge_pages() -> None:
