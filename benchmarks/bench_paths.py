@@ -6,7 +6,8 @@ Two paths, each figure from its own process so that what the process starts with
 only difference:
 
 - ``default``: what a process gets with no settings: a plain ``jax.jit`` (no compiler
-  options) in a process started without ``GLIBC_TUNABLES``; PyTorch as it comes.
+  options) in a process started without ``GLIBC_TUNABLES`` (or ``XLA_FLAGS``); PyTorch as
+  it comes.
 - ``tuned``: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for both frameworks and
   ``rx.compiler_options()`` in every ``jit`` (what this project's command lines set for
   themselves: ``rx.ops.reexec_with_huge_pages``).
@@ -24,8 +25,9 @@ import statistics
 import subprocess
 import sys
 
+from resnext_jax.ops.compiler import HUGE_PAGES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
 PATHS = {"default": None, "tuned": HUGE_PAGES}  # path -> GLIBC_TUNABLES
 
 
@@ -45,8 +47,6 @@ def run(cmd: list[str], tunables: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.path.dirname(HERE),
-                                                      env.get("PYTHONPATH")]))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{' '.join(cmd[:2])} failed:\n{done.stderr[-3000:]}")

@@ -3,8 +3,10 @@ figures behind README "Speed".
 
     PYTHONPATH=. python benchmarks/profile_step.py --model resnext50_32x4d --batch 16 [--infer]
 
-Prints the step time, the page faults and system time per step (run it with and without
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1), and the JAX profiler's time per kind of XLA
+Prints the time, page faults, system time and resident memory of each of ``--steps`` steps
+(run it with and without GLIBC_TUNABLES=glibc.malloc.hugetlb=1, and with
+``--keep-freed-memory``: glibc's malloc told to keep freed blocks, which the project measured
+and does not do, README "Speed"), and the JAX profiler's time per kind of XLA
 operation (fusions by their name without the numeric suffix, e.g. ``copy_bitcast_fusion``),
 with the share of the step spent in computations that hold the direct grouped form's
 multiply-adds (fusions with at least ``--heavy`` multiplies).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import glob
 import gzip
 import json
@@ -40,7 +43,14 @@ def main():
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--heavy", type=int, default=30)
     parser.add_argument("--infer", action="store_true", help="the forward pass (eval mode)")
+    parser.add_argument("--steps", type=int, default=1, help="measured steps after a warm-up")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="before JAX starts: one malloc arena, no mmap, no trimming")
     args = parser.parse_args()
+    if args.keep_freed_memory:  # glibc <malloc.h>: M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+        libc = ctypes.CDLL(None)
+        for option, value in ((-8, 1), (-4, 0), (-1, -1)):
+            libc.mallopt(option, value)
 
     model, variables, images, labels = build(args.model, args.lowering, jax.numpy.float32,
                                              args.batch)
@@ -57,15 +67,20 @@ def main():
             inputs[0] = jax.block_until_ready(train(*inputs))[0]
     run()  # warm-up
 
-    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run()
-    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     what = "forward" if args.infer else "step"
-    print(f"{args.model}, {args.lowering}, batch {args.batch}: {what} {seconds:.2f} s; "
-          f"{after.ru_minflt - before.ru_minflt:,} page faults, "
-          f"{after.ru_stime - before.ru_stime:.2f} s system / "
-          f"{after.ru_utime - before.ru_utime:.2f} s user CPU time; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+    print(f"{args.model}, {args.lowering}, batch {args.batch}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+          + (", keeping freed memory" if args.keep_freed_memory else ""))
+    for i in range(args.steps):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        run()
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+        print(f"{what} {i}: {seconds:.2f} s; {after.ru_minflt - before.ru_minflt:,} page "
+              f"faults, {after.ru_stime - before.ru_stime:.2f} s system / "
+              f"{after.ru_utime - before.ru_utime:.2f} s user CPU time; {resident:.2f} GB "
+              "resident")
 
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

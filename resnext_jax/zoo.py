@@ -79,8 +79,8 @@ def create_model(name: str, **overrides: Any) -> ResNet:
     """
     entry = get_entry(name)
     _check_fields(name, overrides)
-    if isinstance(overrides.get("dtype"), str) and overrides["dtype"] == "auto":
-        overrides["dtype"] = ops.fastest_dtype()
+    if "dtype" in overrides:
+        overrides["dtype"] = ops.resolve_dtype(overrides["dtype"])
     defaults = [cfg for cfg in _SETS.values() if cfg.model == name]
     return ResNet(**{**entry.kwargs, "pretrained_cfg": defaults[0] if defaults else None,
                      **overrides})

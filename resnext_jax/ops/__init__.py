@@ -14,6 +14,7 @@ from resnext_jax.ops.compiler import (
     fastest_dtype,
     huge_pages_hint,
     reexec_with_huge_pages,
+    resolve_dtype,
 )
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
@@ -21,4 +22,4 @@ from resnext_jax.ops.sharding import AxisName, manual
 
 __all__ = ["LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",
            "fastest_dtype", "huge_pages_hint", "manual", "max_pool", "reexec_with_huge_pages",
-           "resolve"]
+           "resolve", "resolve_dtype"]

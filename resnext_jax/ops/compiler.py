@@ -15,9 +15,9 @@ time of a ResNeXt-50 training step). glibc's ``GLIBC_TUNABLES=glibc.malloc.huget
 only at process start, backs them with transparent huge pages (:func:`huge_pages_hint`,
 :func:`reexec_with_huge_pages`). Keeping the blocks in the heap instead (``mallopt``: one
 arena, no ``mmap``, no trimming, set before JAX starts) removed the faults, but the heap
-fragments and keeps growing: a ResNeXt-50 training step's 4.4 GB grew by 3.2 GB at a time to
-10.8 GB with a second process on the cores, a grouped convolution's gradient from 0.67 GB to
-2.0-2.6 GB in 40 steps. So the project does not do it (README "Speed").
+fragments and grows: a ResNeXt-50 training step's 4.4 GB grew by 3.2 GB at a time to 10.6 GB
+with a second process on the cores (``benchmarks/profile_step.py --keep-freed-memory``). So
+the project does not do it (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -82,6 +82,11 @@ def fastest_dtype(backend: str | None = None) -> jnp.dtype:
     ran at or below its float32 (README "Speed"). What ``dtype="auto"`` resolves to."""
     return jnp.dtype(jnp.float32 if (backend or jax.default_backend()) == "cpu"
                      else jnp.bfloat16)
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    """``dtype`` as a ``ResNet`` field takes it: ``"auto"`` becomes :func:`fastest_dtype`."""
+    return fastest_dtype() if isinstance(dtype, str) and dtype == "auto" else dtype
 
 
 def huge_pages_hint(backend: str | None = None) -> str | None:

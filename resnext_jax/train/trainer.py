@@ -33,7 +33,7 @@ from tqdm import tqdm
 from resnext_jax import data
 from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
-from resnext_jax.ops import compiler_options, huge_pages_hint
+from resnext_jax.ops import compiler_options, huge_pages_hint, resolve_dtype
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
@@ -257,7 +257,7 @@ def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pre
                          f"{num_classes} classes; leave model.num_classes unset to use the "
                          "data's")
     overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
-    overrides["dtype"] = "auto" if m.dtype == "auto" else jnp.dtype(m.dtype)
+    overrides["dtype"] = jnp.dtype(resolve_dtype(m.dtype))
     if m.pretrained:
         loaded = load(m.pretrained, m.name or None, num_classes=num_classes, **overrides)
         return loaded.model, loaded

@@ -105,8 +105,8 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
                            "fix them; build a new model with create_model to change them")
     if isinstance(model, ResNet):  # its head is the one asked for
         overrides = {"num_classes": model.num_classes, **overrides}
-    if isinstance(overrides.get("dtype"), str) and overrides["dtype"] == "auto":
-        overrides["dtype"] = ops.fastest_dtype()
+    if "dtype" in overrides:
+        overrides["dtype"] = ops.resolve_dtype(overrides["dtype"])
     path = os.fspath(source)
     if os.path.isdir(path):
         return _load_native(*_folder(path), model, overrides, rng)
