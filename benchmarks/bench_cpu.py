@@ -53,7 +53,6 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
     """Dense matmul GFLOP/s: the machine's practical peak for this dtype."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(f(a, a))
     return 2 * n ** 3 / median_seconds(lambda: jax.block_until_ready(f(a, a)), repeats) / 1e9
 
 
@@ -73,7 +72,6 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
            "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
     out = {}
     for what, fn in fns.items():
-        jax.block_until_ready(fn(x, k, dy))
         # A linear op's gradient does not need its forward output, so XLA drops it:
         # these are the gradients' own times.
         out[what] = median_seconds(lambda fn=fn: jax.block_until_ready(fn(x, k, dy)),

@@ -73,18 +73,27 @@ def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int
         values = [r[name][key] for r in runs.get((framework, path), [])]
         return statistics.median(values) if values else None
 
+    def round_ratios(path: str, name: str, key: str) -> str:
+        theirs = runs.get(("torch", path))
+        if not theirs:
+            return "-"
+        return ", ".join(f"{j[name][key] / t[name][key]:.2f}"
+                         for j, t in zip(runs[("jax", path)], theirs, strict=True))
+
     lines = [f"{dtype}, batch {batch}, 224x224, {os.cpu_count()} cores, medians of {rounds} "
-             f"processes x {repeats} steps (img/s)\n",
-             "| path | model | mode | JAX | PyTorch | JAX / PyTorch |",
-             "|---|---|---|---|---|---|"]
+             f"processes x {repeats} steps (img/s); the last column is the ratio in each "
+             "round, JAX and PyTorch run one after the other\n",
+             "| path | model | mode | JAX | PyTorch | JAX / PyTorch | per round |",
+             "|---|---|---|---|---|---|---|"]
     for path in PATHS:
         for name in models.split(","):
             for mode in ("train", "infer"):
-                ours = median("jax", path, name, f"{mode}_img_s")
-                theirs = median("torch", path, name, f"{mode}_img_s")
+                key = f"{mode}_img_s"
+                ours, theirs = median("jax", path, name, key), median("torch", path, name, key)
                 ratio = f"{ours / theirs:.2f}x" if theirs else "-"
                 lines.append(f"| {path} | {name} | {mode} | {ours:.2f} | "
-                             f"{f'{theirs:.2f}' if theirs else '-'} | {ratio} |")
+                             f"{f'{theirs:.2f}' if theirs else '-'} | {ratio} | "
+                             f"{round_ratios(path, name, key)} |")
     return "\n".join(lines)
 
 
@@ -94,8 +103,8 @@ def main() -> None:
     parser.add_argument("--models", default="resnext50_32x4d,seresnext50_32x4d")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per process")
-    parser.add_argument("--rounds", type=int, default=2, help="processes per figure")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per figure")
     parser.add_argument("--torch-python", default=None)
     parser.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     args = parser.parse_args()

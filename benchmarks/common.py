@@ -16,9 +16,14 @@ from jax.sharding import Mesh
 import resnext_jax as rx
 from resnext_jax.train.steps import DATA_AXIS, TrainState, create_state, make_train_step
 
+WARMUP = 2  # untimed calls first: a first call can still allocate or pick kernels
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn()`` (which must block until its result is ready)."""
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = WARMUP) -> float:
+    """Median wall time of ``fn()`` (which must block until its result is ready) over
+    ``repeats`` calls after ``warmup`` untimed ones. torch_cpu.py times PyTorch the same way."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -81,7 +86,6 @@ def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence
         start = time.perf_counter()
         compiled = infer.lower(variables, images).compile()
         out["infer_compile_s"] = time.perf_counter() - start
-        jax.block_until_ready(compiled(variables, images))
         seconds = median_seconds(lambda: jax.block_until_ready(compiled(variables, images)),
                                  repeats)
         out["infer_img_s"] = batch / seconds
@@ -90,7 +94,6 @@ def time_model(name: str, lowering: str, dtype: Any, batch: int, modes: Sequence
         start = time.perf_counter()
         compiled = train.lower(state, batch_).compile()
         out["train_compile_s"] = time.perf_counter() - start
-        state = jax.block_until_ready(compiled(state, batch_))[0]
 
         def step():
             nonlocal state

@@ -16,8 +16,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
+WARMUP = 2  # as common.WARMUP: untimed calls before the timed ones (oneDNN picks kernels)
 
-def median_seconds(fn, repeats):
+
+def median_seconds(fn, repeats, warmup=WARMUP):
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -33,7 +37,6 @@ def model_figures(name, batch, repeats, dtype):
     out = {}
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        model(images)
         out["infer_img_s"] = batch / median_seconds(lambda: model(images), repeats)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -45,7 +48,6 @@ def model_figures(name, batch, repeats, dtype):
         loss.backward()
         opt.step()
 
-    step()
     out["train_img_s"] = batch / median_seconds(step, repeats)
     return out
 
@@ -71,7 +73,6 @@ def one_layer(batch, size, channels, groups, stride, repeats):
     for what, inputs in (("dx", x), ("dk", w)):
         def grad(inputs=inputs):
             torch.autograd.grad(conv(), inputs, dy)
-        grad()
         # forward + one gradient, minus the forward: the gradient alone
         ms[what] = max(median_seconds(grad, repeats) - ms["fwd"], 0.0)
     return {k: v * 1e3 for k, v in ms.items()}
