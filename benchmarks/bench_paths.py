@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_paths.py --torch-python /path/to/python-with-torch-timm
 
-Two paths, each figure from its own process so that what the process starts with is the
-only difference:
+Two paths, each figure (framework, path, model) from its own process so that what the
+process starts with is the only difference:
 
 - ``default``: what a process gets with no settings: a plain ``jax.jit`` (no compiler
   options) in a process started without ``GLIBC_TUNABLES`` (or ``XLA_FLAGS``); PyTorch as
@@ -12,8 +12,9 @@ only difference:
   ``rx.compiler_options()`` in every ``jit`` (what this project's command lines set for
   themselves: ``rx.ops.reexec_with_huge_pages``).
 
-The rounds alternate JAX and PyTorch and the paths; the table shows medians over rounds and
-their ratios. ``bench_cpu.py`` prints the same table above its own (tuned-path) figures.
+The rounds alternate JAX and PyTorch, the paths and the models; the table shows medians over
+rounds, their ratios and the ratio in each round. ``bench_cpu.py`` prints the same table
+above its own (tuned-path) figures.
 """
 
 from __future__ import annotations
@@ -56,29 +57,33 @@ def run(cmd: list[str], tunables: str | None) -> dict:
 def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int,
                   torch_python: str | None) -> str:
     """The Markdown table: img/s per path, model and mode, JAX next to PyTorch."""
-    common = ["--models", models, "--batch", str(batch), "--dtype", dtype,
-              "--repeats", str(repeats)]
-    runs: dict[tuple[str, str], list[dict]] = {}
+    common = ["--batch", str(batch), "--dtype", dtype, "--repeats", str(repeats)]
+    # One process per model too: a model measured after another one's training step inherits
+    # the heap glibc grew for it. PyTorch's SE-ResNeXt-50 inference on the default path ran at
+    # 18.7 / 20.4 img/s after ResNeXt-50 in one process, 16.0 / 14.6 alone (two pairs of runs).
+    runs: dict[tuple[str, str, str], list[dict]] = {}
     for _ in range(rounds):
         for path, tunables in PATHS.items():
-            runs.setdefault(("jax", path), []).append(
-                run([sys.executable, os.path.join(HERE, "bench_paths.py"), "--worker", path,
-                     *common], tunables))
-            if torch_python:
-                runs.setdefault(("torch", path), []).append(
-                    run([torch_python, os.path.join(HERE, "torch_cpu.py"), *common],
-                        tunables)["models"])
+            for name in models.split(","):
+                which = ["--models", name, *common]
+                runs.setdefault(("jax", path, name), []).append(run(
+                    [sys.executable, os.path.join(HERE, "bench_paths.py"), "--worker", path,
+                     *which], tunables)[name])
+                if torch_python:
+                    runs.setdefault(("torch", path, name), []).append(run(
+                        [torch_python, os.path.join(HERE, "torch_cpu.py"), *which],
+                        tunables)["models"][name])
 
     def median(framework: str, path: str, name: str, key: str) -> float | None:
-        values = [r[name][key] for r in runs.get((framework, path), [])]
+        values = [r[key] for r in runs.get((framework, path, name), [])]
         return statistics.median(values) if values else None
 
     def round_ratios(path: str, name: str, key: str) -> str:
-        theirs = runs.get(("torch", path))
+        theirs = runs.get(("torch", path, name))
         if not theirs:
             return "-"
-        return ", ".join(f"{j[name][key] / t[name][key]:.2f}"
-                         for j, t in zip(runs[("jax", path)], theirs, strict=True))
+        return ", ".join(f"{j[key] / t[key]:.2f}"
+                         for j, t in zip(runs[("jax", path, name)], theirs, strict=True))
 
     lines = [f"{dtype}, batch {batch}, 224x224, {os.cpu_count()} cores, medians of {rounds} "
              f"processes x {repeats} steps (img/s); the last column is the ratio in each "

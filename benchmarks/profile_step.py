@@ -44,6 +44,8 @@ def main():
     parser.add_argument("--heavy", type=int, default=30)
     parser.add_argument("--infer", action="store_true", help="the forward pass (eval mode)")
     parser.add_argument("--steps", type=int, default=1, help="measured steps after a warm-up")
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="XLA's default options (a plain jax.jit), not rx.compiler_options()")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="before JAX starts: one malloc arena, no mmap, no trimming")
     args = parser.parse_args()
@@ -55,7 +57,7 @@ def main():
     model, variables, images, labels = build(args.model, args.lowering, jax.numpy.float32,
                                              args.batch)
     tx = optax.sgd(0.1, momentum=0.9)
-    infer, train = make_steps(model, tx)
+    infer, train = make_steps(model, tx, {} if args.xla_defaults else None)
     if args.infer:
         step, inputs = infer, [variables, images]
         run = lambda: jax.block_until_ready(infer(*inputs))  # noqa: E731
@@ -70,6 +72,7 @@ def main():
     what = "forward" if args.infer else "step"
     print(f"{args.model}, {args.lowering}, batch {args.batch}, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}"
+          + (", XLA's default options" if args.xla_defaults else "")
           + (", keeping freed memory" if args.keep_freed_memory else ""))
     for i in range(args.steps):
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
