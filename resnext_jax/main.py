@@ -144,7 +144,7 @@ def _main() -> None:
             result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step, report=_report)
         else:
             result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (UsageError, DatasetNotFoundError) as e:
+    except (UsageError, DatasetNotFoundError, train.ConfigMismatchError) as e:
         _fail(e, 2)
     except (train.NonFiniteLossError, train.CheckpointError, train.WorkdirBusyError,
             OSError) as e:

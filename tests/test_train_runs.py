@@ -291,12 +291,20 @@ def test_eval_only_with_exported_weights_reproduces_the_final_eval(tmp_path, ref
     assert evaluated["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
 
 
-def test_checkpoints_of_another_model_stop_the_run_untouched(tmp_path, reference):
+@pytest.mark.parametrize("flag, says", [
+    ("--config.model.name=digits_resnext", "holds a different model"),
+    ("--config.ema_decay=0.99", "ema: 0 arrays in the checkpoint"),
+    ("--config.optimizer.name=adamw", "opt_state: "),
+])
+def test_checkpoints_of_another_set_up_stop_the_run_untouched(tmp_path, reference, flag, says):
+    """Another model, EMA switched on or another optimizer: a usage error naming the part
+    that differs, no traceback, and no checkpoint set aside as damaged."""
     workdir = str(tmp_path / "w")
     shutil.copytree(reference[0], workdir)
-    result = _run(_cmd(workdir, "--config.model.name=digits_resnext", steps=12))
-    assert result.returncode == 1
-    assert "holds a different model" in result.stderr and "new --workdir" in result.stderr
+    result = _run(_cmd(workdir, flag, steps=12))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert says in result.stderr and "new --workdir" in result.stderr
+    assert "Traceback" not in result.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
 
 

@@ -11,6 +11,7 @@ import importlib
 
 _WHERE = {
     "Checkpointer": "checkpoint", "CheckpointError": "checkpoint",
+    "ConfigMismatchError": "checkpoint",
     "config_from_json": "config", "default_config": "config", "get_config": "config",
     "list_configs": "config", "WorkdirBusyError": "files", "TrainState": "steps",
     "NonFiniteLossError": "trainer", "Trainer": "trainer", "build": "trainer",

@@ -13,6 +13,7 @@ checkpointer (evaluation) never renames: it skips a damaged checkpoint and says 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -147,20 +148,30 @@ class Checkpointer:
         return None
 
     def _check_same_model(self, step: int, abstract_state: Any) -> None:
-        """A checkpoint of another architecture is not corrupt: stop instead of falling back."""
-        if not hasattr(abstract_state, "params"):
+        """A checkpoint of another architecture, or of another training set-up (EMA on / off,
+        another optimizer), is not corrupt: stop instead of falling back."""
+        if not dataclasses.is_dataclass(abstract_state) or not hasattr(abstract_state, "params"):
             return
         path = os.path.join(self.directory, str(step), STATE)
         try:
-            saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree["params"]
+            saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
         except Exception:  # noqa: BLE001 - unreadable metadata: the restore will say why
             return
-        problems = tree_differences(abstract_state.params, saved)
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), dict):
+            return
+        problems = tree_differences(abstract_state.params, saved["params"])
         if problems:
             raise ConfigMismatchError(
                 f"the checkpoint of step {step} in {self.directory} holds a different model "
                 f"(parameters differ: {'; '.join(problems)}); use a new --workdir for a "
                 "new config, or the config that wrote it")
+        problems = _state_differences(abstract_state, saved)
+        if problems:
+            raise ConfigMismatchError(
+                f"the checkpoint of step {step} in {self.directory} holds another training "
+                f"state than this config makes ({'; '.join(problems)}): EMA, the optimizer "
+                "or its settings changed since it was written. Rerun with the config that "
+                "wrote it (config.json in the workdir), or use a new --workdir")
 
     def _set_aside(self, step: int, error: Exception) -> None:
         older = [s for s in self.manager.all_steps() if s < step]
@@ -187,3 +198,20 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _state_differences(abstract_state: Any, saved: dict) -> list[str]:
+    """Which fields of a train state the saved tree holds other arrays for (their number and
+    shapes, compared as multisets: orbax lists a tuple's entries in its own order)."""
+    fields = {f.name: getattr(abstract_state, f.name)
+              for f in dataclasses.fields(abstract_state)}
+    problems = [f"{name}: not in the checkpoint" for name in sorted(fields.keys() - saved.keys())]
+    problems += [f"{name}: in the checkpoint, not in this state"
+                 for name in sorted(saved.keys() - fields.keys())]
+    for name in sorted(fields.keys() & saved.keys()):
+        want = sorted(tuple(getattr(leaf, "shape", ())) for leaf in jax.tree.leaves(fields[name]))
+        got = sorted(tuple(getattr(leaf, "shape", ()) or ())
+                     for leaf in jax.tree.leaves(saved[name]))
+        if want != got:
+            problems.append(f"{name}: {len(got)} arrays in the checkpoint, {len(want)} expected")
+    return problems
