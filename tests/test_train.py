@@ -242,6 +242,36 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
     ckpt.close()
 
 
+def test_a_checkpoint_of_the_old_ema_params_layout_is_a_config_mismatch(tmp_path):
+    """Checkpoints written before the EMA field became ``ema`` (it was ``ema_params``) are not
+    damage: the restore names the fields that differ and sets nothing aside."""
+    import flax.struct
+
+    from resnext_jax.train import Checkpointer, ConfigMismatchError, TrainState
+
+    @flax.struct.dataclass
+    class OldTrainState:
+        step: jax.Array
+        params: dict
+        batch_stats: dict
+        opt_state: tuple
+        ema_params: dict
+
+    params = {"w": jnp.ones((3, 2))}
+    ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
+    ckpt.save(1, OldTrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                               opt_state=(), ema_params=params))
+    ckpt.wait()
+    now = jax.eval_shape(lambda: TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=(),
+        ema={"params": params, "batch_stats": {}}))
+    with pytest.raises(ConfigMismatchError, match="ema: not in the checkpoint; ema_params: in "
+                                                  "the checkpoint, not in this state"):
+        ckpt.restore_latest(now)
+    ckpt.close()
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+
+
 def _flip_data_bytes(step_dir):
     """Flip one bit in every array-data file of an orbax checkpoint directory."""
     for dirpath, _, files in os.walk(os.path.join(step_dir, "state")):
