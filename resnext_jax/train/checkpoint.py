@@ -201,17 +201,20 @@ class Checkpointer:
 
 
 def _state_differences(abstract_state: Any, saved: dict) -> list[str]:
-    """Which fields of a train state the saved tree holds other arrays for (their number and
-    shapes, compared as multisets: orbax lists a tuple's entries in its own order)."""
+    """Which fields of a train state, besides ``params`` (compared path by path before), the
+    saved tree holds other arrays for: their shapes compared as multisets, since orbax lists
+    a tuple's entries in its own order."""
+    def shapes(tree: Any) -> list[tuple[int, ...]]:
+        return sorted(tuple(getattr(leaf, "shape", None) or ()) for leaf in jax.tree.leaves(tree))
+
     fields = {f.name: getattr(abstract_state, f.name)
-              for f in dataclasses.fields(abstract_state)}
+              for f in dataclasses.fields(abstract_state) if f.name != "params"}
+    saved = {name: tree for name, tree in saved.items() if name != "params"}
     problems = [f"{name}: not in the checkpoint" for name in sorted(fields.keys() - saved.keys())]
     problems += [f"{name}: in the checkpoint, not in this state"
                  for name in sorted(saved.keys() - fields.keys())]
     for name in sorted(fields.keys() & saved.keys()):
-        want = sorted(tuple(getattr(leaf, "shape", ())) for leaf in jax.tree.leaves(fields[name]))
-        got = sorted(tuple(getattr(leaf, "shape", ()) or ())
-                     for leaf in jax.tree.leaves(saved[name]))
+        want, got = shapes(fields[name]), shapes(saved[name])
         if want != got:
             problems.append(f"{name}: {len(got)} arrays in the checkpoint, {len(want)} expected")
     return problems
