@@ -70,8 +70,10 @@ class _Quiet(logging.Filter):
         return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
-class _Stopped(Exception):
-    """SIGTERM before the training loop, which handles it itself, took over."""
+class _Stopped(BaseException):
+    """SIGTERM before the training loop, which handles it itself, took over. A
+    BaseException, like KeyboardInterrupt: library code that wraps every Exception
+    (protobuf's JSON parser, inside tfds.builder) must not turn the stop into its error."""
 
 
 def _stop(signum, frame) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,3 +117,25 @@ def test_eval_prints_its_result_before_a_write_that_fails(outside, tmp_path):
     done = _cli("main", "--config=digits", f"--workdir={run}", "--mode=eval")
     assert json.loads(done.stdout.splitlines()[-1])["weights"] == "step 4"
     _one_line_error(done, 1, "eval_metrics.jsonl")
+
+
+def test_sigterm_in_start_up_is_a_clean_stop_inside_a_library_that_wraps_errors(monkeypatch,
+                                                                                   capsys):
+    """A SIGTERM that lands while a library turns every Exception into its own error (as
+    protobuf's JSON parser inside tfds.builder did in CI) is still a clean stop."""
+    from resnext_jax import main as cli
+
+    def start_up() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises in here
+        except Exception as e:
+            raise ValueError("Failed to parse JSON") from e
+
+    monkeypatch.setattr(cli, "_main", start_up)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main([])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "stopped by SIGTERM before training started" in capsys.readouterr().err
