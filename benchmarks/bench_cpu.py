@@ -56,8 +56,10 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / median_seconds(lambda: jax.block_until_ready(f(a, a)), repeats) / 1e9
 
 
-def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=32):
-    """Milliseconds of forward, input gradient and kernel gradient of one grouped conv."""
+def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=32,
+                options=None):
+    """Milliseconds of forward, input gradient and kernel gradient of one grouped conv,
+    compiled with XLA ``options`` (default: ``rx.compiler_options()``)."""
     x = jax.random.normal(jax.random.key(0), (batch, size, size, channels), dtype)
     k = (jax.random.normal(jax.random.key(1), (3, 3, channels // groups, channels)) * 0.1
          ).astype(dtype)
@@ -67,9 +69,9 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
                           lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
-    fns = {"fwd": jit(lambda x, k, dy: conv(x, k)),
-           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]),
-           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])}
+    fns = {"fwd": jit(lambda x, k, dy: conv(x, k), options),
+           "dx": jit(lambda x, k, dy: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0], options),
+           "dk": jit(lambda x, k, dy: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0], options)}
     out = {}
     for what, fn in fns.items():
         # A linear op's gradient does not need its forward output, so XLA drops it:
@@ -117,7 +119,8 @@ def main():
                         help="lowerings for inference and per-layer times")
     parser.add_argument("--train-lowerings", default="einsum_grad,fast")
     parser.add_argument("--xla-defaults", default="fast",
-                        help="lowerings also measured without rx.compiler_options")
+                        help="lowerings also measured without rx.compiler_options (whole "
+                             "networks and layers)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layer-batch", type=int, default=None, help="default: --batch")
     parser.add_argument("--skip-layers", action="store_true")
@@ -185,10 +188,10 @@ def main():
         print(f"\nResNeXt-50 grouped 3x3 convs (32 groups), batch {layer_batch}, ms:")
         lrows = []
         for i, (size, channels, stride, count) in enumerate(layers):
-            for lowering in lowerings:
+            for label, lowering, options in variants:
                 t = layer_times(layer_batch, size, channels, stride, lowering, dtype,
-                                args.repeats)
-                lrows.append([f"{size}x{size}x{channels} s{stride} (x{count})", lowering,
+                                args.repeats, options=options)
+                lrows.append([f"{size}x{size}x{channels} s{stride} (x{count})", label,
                               t["fwd"], t["dx"], t["dk"], t["dk"] / t["fwd"]])
             if ref:
                 t = ref["layers"][i]
