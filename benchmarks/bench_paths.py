@@ -55,7 +55,7 @@ def run(cmd: list[str], tunables: str | None) -> dict:
 
 
 def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int,
-                  torch_python: str | None) -> str:
+                  torch_python: str | None, paths: tuple[str, ...] = tuple(PATHS)) -> str:
     """The Markdown table: img/s per path, model and mode, JAX next to PyTorch."""
     common = ["--batch", str(batch), "--dtype", dtype, "--repeats", str(repeats)]
     # One process per model too: a model measured after another one's training step inherits
@@ -63,7 +63,8 @@ def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int
     # 18.7 / 20.4 img/s after ResNeXt-50 in one process, 16.0 / 14.6 alone (two pairs of runs).
     runs: dict[tuple[str, str, str], list[dict]] = {}
     for _ in range(rounds):
-        for path, tunables in PATHS.items():
+        for path in paths:
+            tunables = PATHS[path]
             for name in models.split(","):
                 which = ["--models", name, *common]
                 runs.setdefault(("jax", path, name), []).append(run(
@@ -90,7 +91,7 @@ def compare_paths(models: str, batch: int, dtype: str, repeats: int, rounds: int
              "round, JAX and PyTorch run one after the other\n",
              "| path | model | mode | JAX | PyTorch | JAX / PyTorch | per round |",
              "|---|---|---|---|---|---|---|"]
-    for path in PATHS:
+    for path in paths:
         for name in models.split(","):
             for mode in ("train", "infer"):
                 key = f"{mode}_img_s"
@@ -110,13 +111,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per figure")
+    parser.add_argument("--paths", default=",".join(PATHS), help="default, tuned or both")
     parser.add_argument("--torch-python", default=None)
     parser.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.models, args.batch, args.repeats, args.dtype)
+    paths = tuple(p for p in args.paths.split(",") if p)
+    if not paths or set(paths) - set(PATHS):
+        parser.error(f"--paths: choose from {', '.join(PATHS)}")
     print(compare_paths(args.models, args.batch, args.dtype, args.repeats, args.rounds,
-                        args.torch_python))
+                        args.torch_python, paths))
 
 
 if __name__ == "__main__":
