@@ -233,16 +233,17 @@ GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")
 
 
 def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
-    """Pool NHWC maps to ``(N, C)`` (``(N, 2C)`` for ``catavgmax``), reducing in float32."""
-    x32 = x.astype(jnp.float32)
+    """Pool NHWC maps to ``(N, C)`` (``(N, 2C)`` for ``catavgmax``), averaging in float32
+    (a maximum is exact in any dtype)."""
     if kind == "avg":
         pooled = spatial_mean(x)
     elif kind == "max":
-        pooled = x32.max(axis=(1, 2))
+        pooled = x.max(axis=(1, 2))
     elif kind == "avgmax":
-        pooled = 0.5 * (spatial_mean(x) + x32.max(axis=(1, 2)))
+        pooled = 0.5 * (spatial_mean(x) + x.max(axis=(1, 2)).astype(jnp.float32))
     elif kind == "catavgmax":
-        pooled = jnp.concatenate([spatial_mean(x), x32.max(axis=(1, 2))], axis=-1)
+        pooled = jnp.concatenate([spatial_mean(x), x.max(axis=(1, 2)).astype(jnp.float32)],
+                                 axis=-1)
     else:
         raise ValueError(f"unknown global_pool {kind!r}; choose one of {GLOBAL_POOLS}")
     return pooled.astype(x.dtype)

@@ -133,6 +133,16 @@ def test_global_pools():
         layers.global_pool(x, "mean")
 
 
+@pytest.mark.parametrize("kind", layers.GLOBAL_POOLS)
+def test_global_pools_keep_bfloat16_and_average_in_float32(kind):
+    x = _rand((2, 16, 16, 5)) + 64  # a bfloat16 sum of these loses the fractions
+    got = layers.global_pool(x.astype(jnp.bfloat16), kind)
+    assert got.dtype == jnp.bfloat16
+    want = layers.global_pool(x.astype(jnp.bfloat16).astype(jnp.float32), kind)
+    np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                  np.asarray(want.astype(jnp.bfloat16), np.float32))
+
+
 @pytest.mark.parametrize("kind,widths", [("7x7", [64]), ("deep", [32, 32, 64]),
                                          ("deep_tiered", [24, 32, 64]), ("cifar", [64]),
                                          ("legacy_deep", [32, 32, 64])])
