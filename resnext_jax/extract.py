@@ -33,6 +33,7 @@ import numpy as np
 from resnext_jax.digest import tree_digest
 from resnext_jax.errors import UsageError, run_cli
 from resnext_jax.files import atomic_write
+from resnext_jax.ops import resolve_dtype
 from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
 from resnext_jax.weights.native import architecture
 
@@ -207,14 +208,14 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
 
     if out.suffix not in (".npz", ".npy"):
         raise UsageError(f"--out must end in .npz or .npy, got {out}")
+    forward = make_forward(model, layer, with_logits=k > 0)
     store = ChunkStore(out, {**(settings or {}), "layer": layer, "k": k,
                              "inputs": fingerprint(files), "weights": tree_digest(variables),
                              "model": {**architecture(model), "global_pool": model.global_pool,
-                                       "dtype": str(model.dtype)},
+                                       "dtype": str(resolve_dtype(model.dtype, forward.platform))},
                              "preprocess": dataclasses.asdict(pre)})
     done = store.done()
     todo = [f for f in files if str(f) not in done]
-    forward = make_forward(model, layer, with_logits=k > 0)
     batch_size = -(-batch_size // forward.devices) * forward.devices  # rows split evenly
     skipped: dict[str, str] = {}
     pending: dict[str, list[np.ndarray]] = {}

@@ -4,10 +4,13 @@
 repository's ``configs/``) or a config file. Overrides: ``--config.batch_size=512
 --config.optimizer.base_lr=0.2``. Rerunning the same command resumes from the newest
 checkpoint in DIR. ``--mode=eval`` evaluates a checkpoint (``--step``, default the newest) or
-``--config.model.pretrained=WEIGHTS``. Several processes (a TPU pod slice, GPU nodes):
-``--distributed`` calls ``jax.distributed.initialize()``, which detects the cluster on TPU
-pods, SLURM, Open MPI and Kubernetes, or takes ``--coordinator_address --num_processes
---process_id``.
+``--config.model.pretrained=WEIGHTS``. ``--mode=compile --topology=v4-32`` compiles the
+train and eval steps for a TPU slice on any host (libtpu: ``pip install
+"resnext_jax[tpu]"``) and prints each chip's HBM need, FLOPs and collectives; it initialises
+nothing and reads no data (:mod:`resnext_jax.train.aot`). Several processes (a TPU pod
+slice, GPU nodes): ``--distributed`` calls ``jax.distributed.initialize()``, which detects
+the cluster on TPU pods, SLURM, Open MPI and Kubernetes, or takes ``--coordinator_address
+--num_processes --process_id``.
 
 A mistake in the command (an unknown config, key or model, a missing path, a workdir that
 cannot be written) is answered in one line with exit status 2; a run that fails (a NaN, a
@@ -18,6 +21,7 @@ checkpoint that cannot be written) in one line with status 1. ``--verbose`` (or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,13 +48,19 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "a config name (digits, finetune, ...) or a "
                                 "file (configs/NAME.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl and TensorBoard events")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes) or eval only")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
+                  "train (resumes), eval only, or compile the steps for a TPU slice (--topology)")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: newest)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first")
 flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 "
                     "(default: detected on TPU pods, SLURM, Open MPI, Kubernetes)")
 flags.DEFINE_integer("num_processes", None, "--distributed: number of processes")
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
+flags.DEFINE_string("topology", None, "--mode=compile: a TPU slice, e.g. v4-32, v5e-256")
+flags.DEFINE_integer("num_slices", 1, "--mode=compile: slices of --topology (multislice)")
+flags.DEFINE_bool("max_batch", False, "--mode=compile: also find the largest per-chip batch "
+                  "that fits, by compiling")
+flags.DEFINE_string("report", None, "--mode=compile: also write the report as JSON here")
 flags.DEFINE_bool("verbose", False, "tracebacks and the libraries' logs")
 
 USAGE = "python -m resnext_jax.main --config=NAME --workdir=DIR [--config.KEY=VALUE ...]"
@@ -58,7 +68,10 @@ USAGE = "python -m resnext_jax.main --config=NAME --workdir=DIR [--config.KEY=VA
 _KNOWN_NOTICES = re.compile(r"oneDNN custom operations are on|All log messages before "
                             r"absl::InitializeLog|cpu_feature_guard|rebuild TensorFlow with "
                             r"the appropriate compiler flags|Unable to initialize backend|"
-                            r"has no dataset_info\.json|Metadata file does not exist")
+                            r"has no dataset_info\.json|Metadata file does not exist|"
+                            # libtpu on a host without a TPU (compiling ahead of time)
+                            r"TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|Logging before "
+                            r"InitGoogle|Source Location Trace|libtpu_init_utils")
 
 
 class _Quiet(logging.Filter):
@@ -121,6 +134,8 @@ def _main() -> None:
     absl_logging.get_absl_handler().addFilter(_Quiet())
     if not _verbose():
         absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.mode == "compile":
+        return _compile()
     if FLAGS.distributed:
         # On CPU, cross-process collectives need JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo.
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -154,6 +169,32 @@ def _main() -> None:
     if main_process and FLAGS.mode == "train":
         _summary(result, FLAGS.workdir, time.perf_counter() - start)
         print(json.dumps(result))
+
+
+def _compile() -> None:
+    """``--mode=compile``: the report, or one line and exit 2 when the steps do not fit."""
+    from resnext_jax.train import aot
+
+    try:
+        if not FLAGS.topology:
+            raise UsageError("--mode=compile needs --topology, e.g. --topology=v4-32 "
+                             f"(known: {', '.join(aot.TOPOLOGIES)})")
+        get_entry(FLAGS.config.model.name)
+        with _filtered_native_stderr():  # libtpu's notices on a host without a TPU
+            aot.topology_devices(FLAGS.topology, FLAGS.num_slices)
+        print(f"resnext_jax: compiling the train and eval steps of {FLAGS.config.model.name} "
+              f"for {FLAGS.topology} (minutes on a small host)", file=sys.stderr, flush=True)
+        report = aot.compile_for(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
+        print(aot.format_report(report), flush=True)
+        if FLAGS.report:
+            with open(FLAGS.report, "w") as f:
+                json.dump(dataclasses.asdict(report), f, indent=2)
+        aot.check_fits(report)
+        if FLAGS.max_batch:
+            best, _ = aot.max_batch_per_chip(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
+            print(f"largest per-chip batch that fits (powers of two): {best or 'none'}")
+    except UsageError as e:
+        _fail(e, 2)
 
 
 def _report(result: dict) -> None:
@@ -207,7 +248,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(0)
     try:
         argv = _resolve_config(argv, config_path)
-        for name in ("config", "workdir"):
+        compiling = "--mode=compile" in argv[1:]
+        for name in ("config",) if compiling else ("config", "workdir"):
             if not any(a.startswith(f"--{name}") for a in argv[1:]):
                 raise UsageError(f"--{name} is required")
         return FLAGS(argv)

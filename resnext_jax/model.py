@@ -130,6 +130,8 @@ class ResNet(nn.Module):
     # The mesh axis (or axes) that splits the batch: grouped convs then run per device,
     # BatchNorm inside a shard_map averages its statistics over it (resnext_jax.ops.sharding).
     data_axis: ops.AxisName | None = None
+    # The compute dtype; "auto": the fastest for the platform compiled for (float32 on the
+    # CPU, bfloat16 on GPU / TPU), decided when traced (resnext_jax.ops.resolve_dtype).
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     # Fine-tuning: the first part that trains ("stem", "layer1", ... or "fc"); the parts
@@ -141,16 +143,17 @@ class ResNet(nn.Module):
 
     def setup(self) -> None:
         self._check_options()
+        self.compute_dtype = dtype = ops.resolve_dtype(self.dtype)
         conv = functools.partial(Conv, lowering=self.lowering, data_axis=self.data_axis,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
+                                 dtype=dtype, param_dtype=self.param_dtype)
         # Inside a shard_map over data_axis each device holds a slice of the batch; in a
         # jit over the global batch XLA reduces across devices by itself.
         norm = functools.partial(
-            nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+            nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype,
             param_dtype=self.param_dtype,
             axis_name=self.data_axis if ops.manual(self.data_axis) else None)
         max_pool = functools.partial(ops.max_pool, lowering=self.lowering)
-        se = (functools.partial(SqueezeExcite, rule=self.se, dtype=self.dtype,
+        se = (functools.partial(SqueezeExcite, rule=self.se, dtype=dtype,
                                 param_dtype=self.param_dtype) if self.se else None)
         self.stem_layers = Stem(self.stem, self.stem_features, self.stem_width, conv, norm,
                                 max_pool, name="stem")
@@ -179,7 +182,7 @@ class ResNet(nn.Module):
             setattr(self, f"stage{stage + 1}", blocks)
         if self.num_classes > 0 and not self.features_only:
             self.head_drop = Dropout(self.drop_rate, self.data_axis)
-            self.fc = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+            self.fc = nn.Dense(self.num_classes, dtype=dtype, param_dtype=self.param_dtype)
 
     def _downsample_kind(self, strides: int, in_features: int, out: int) -> str | None:
         if strides == 1 and in_features == out:
@@ -268,7 +271,7 @@ class ResNet(nn.Module):
         """The stem map (before pooling) and the output of every stage."""
         self._check_input(x)
         first = self.parts.index(self.train_from)
-        stem_map, x = self.stem_layers(jnp.asarray(x, self.dtype), train and first == 0)
+        stem_map, x = self.stem_layers(jnp.asarray(x, self.compute_dtype), train and first == 0)
         features = {"stem": stem_map}
         for stage in range(len(self.layers)):
             if stage + 1 == first:  # nothing before this stage trains

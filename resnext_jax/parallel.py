@@ -35,13 +35,14 @@ class ParallelApply:
                  **apply_kwargs: Any) -> None:
         devices = list(devices or jax.local_devices())
         self.devices, self.mesh = len(devices), Mesh(np.array(devices), (DATA_AXIS,))
+        self.platform = devices[0].platform  # "auto" lowering / dtype resolve for it
         self._rows = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         split = model.clone(data_axis=DATA_AXIS)
         self._jitted = jax.jit(functools.partial(split.apply, **apply_kwargs),
                                in_shardings=(self._replicated, self._rows),
                                out_shardings=self._rows,
-                               compiler_options=compiler_options())
+                               compiler_options=compiler_options(backend=self.platform))
         self._placed: tuple[Any, Any] | None = None  # (the caller's variables, on the mesh)
 
     def _check(self, images: Any) -> None:

@@ -14,7 +14,6 @@ import difflib
 import fnmatch
 from typing import Any
 
-from resnext_jax import ops
 from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
@@ -72,15 +71,13 @@ def create_model(name: str, **overrides: Any) -> ResNet:
     """Build a registered model; ``overrides`` replace its ``ResNet`` fields.
 
     Example: ``create_model("seresnext50_32x4d", num_classes=10, dtype=jnp.bfloat16)``;
-    ``dtype="auto"`` picks the fastest compute dtype for the backend
-    (:func:`resnext_jax.ops.fastest_dtype`: float32 on the CPU, bfloat16 on GPU / TPU).
+    ``dtype="auto"`` computes in the fastest dtype for the platform the model is compiled
+    for (:func:`resnext_jax.ops.fastest_dtype`: float32 on the CPU, bfloat16 on GPU / TPU).
     The model carries its default weight set's config as ``model.pretrained_cfg`` (None
     when the zoo knows no weights for it); ``resnext_jax.load(name)`` loads those weights.
     """
     entry = get_entry(name)
     _check_fields(name, overrides)
-    if "dtype" in overrides:
-        overrides["dtype"] = ops.resolve_dtype(overrides["dtype"])
     defaults = [cfg for cfg in _SETS.values() if cfg.model == name]
     return ResNet(**{**entry.kwargs, "pretrained_cfg": defaults[0] if defaults else None,
                      **overrides})

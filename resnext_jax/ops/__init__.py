@@ -1,10 +1,11 @@
 """Pure array functions (no Flax) behind the model's convolution and pooling layers.
 
-Every function takes a ``lowering`` name. ``"xla"`` is the reference: XLA's own
+The convolution and the max-pool take a ``lowering`` name. ``"xla"`` is the reference: XLA's own
 convolution / reduce_window, forward and gradient. ``"einsum_grad"`` and ``"fast"``
 compute the same numbers from the same kernel layout (so checkpoints never depend on the
 lowering) by paths that XLA:CPU runs faster; ``"portable"`` by operators that ONNX has
-(export); ``"auto"`` (the default) picks one per backend (:func:`resolve`). See
+(export); ``"auto"`` (the default) picks one for the platform being compiled for
+(:func:`resolve`, :func:`target_platform`). See
 :mod:`resnext_jax.ops.conv` and the README's "Speed".
 :func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
@@ -15,6 +16,7 @@ from resnext_jax.ops.compiler import (
     huge_pages_hint,
     reexec_with_huge_pages,
     resolve_dtype,
+    target_platform,
 )
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
@@ -22,4 +24,4 @@ from resnext_jax.ops.sharding import AxisName, manual
 
 __all__ = ["LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",
            "fastest_dtype", "huge_pages_hint", "manual", "max_pool", "reexec_with_huge_pages",
-           "resolve", "resolve_dtype"]
+           "resolve", "resolve_dtype", "target_platform"]

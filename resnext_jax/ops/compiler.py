@@ -45,12 +45,24 @@ def _accepted(options: tuple[tuple[str, Any], ...]) -> bool:
     return True
 
 
+def target_platform() -> str:
+    """The platform the computation being traced is compiled for: that of the context mesh's
+    devices (a ``shard_map``'s mesh, ``jax.set_mesh``), else JAX's default backend.
+
+    A host compiles for devices it does not have (a TPU slice from a CPU host, ahead of
+    time), so ``jax.default_backend()`` alone would choose for the wrong machine.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def compiler_options(*, backend: str | None = None) -> dict[str, Any]:
-    """The options for ``backend`` (default: JAX's default backend); ``{}`` where none help.
+    """The options for ``backend`` (default: :func:`target_platform`); ``{}`` where none help.
 
     GPU / TPU get none: XLA's defaults there have not been measured worse.
     """
-    if (backend or jax.default_backend()) != "cpu" or not _accepted(tuple(_CPU_OPTIONS.items())):
+    if (backend or target_platform()) != "cpu" or not _accepted(tuple(_CPU_OPTIONS.items())):
         return {}
     return dict(_CPU_OPTIONS)
 
@@ -77,16 +89,18 @@ def _tunable_chosen() -> bool:
 
 
 def fastest_dtype(backend: str | None = None) -> jnp.dtype:
-    """The compute dtype these models run fastest in on ``backend`` (default: JAX's default):
+    """The compute dtype these models run fastest in on ``backend`` (default:
+    :func:`target_platform`):
     bfloat16 on GPU / TPU (their matrix units), float32 on the CPU, where XLA:CPU's bfloat16
     ran at or below its float32 (README "Speed"). What ``dtype="auto"`` resolves to."""
-    return jnp.dtype(jnp.float32 if (backend or jax.default_backend()) == "cpu"
+    return jnp.dtype(jnp.float32 if (backend or target_platform()) == "cpu"
                      else jnp.bfloat16)
 
 
-def resolve_dtype(dtype: Any) -> Any:
-    """``dtype`` as a ``ResNet`` field takes it: ``"auto"`` becomes :func:`fastest_dtype`."""
-    return fastest_dtype() if isinstance(dtype, str) and dtype == "auto" else dtype
+def resolve_dtype(dtype: Any, backend: str | None = None) -> Any:
+    """``dtype`` as a ``ResNet`` field takes it: ``"auto"`` becomes :func:`fastest_dtype`
+    for ``backend`` (default: :func:`target_platform`)."""
+    return fastest_dtype(backend) if isinstance(dtype, str) and dtype == "auto" else dtype
 
 
 def huge_pages_hint(backend: str | None = None) -> str | None:

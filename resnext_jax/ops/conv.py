@@ -14,7 +14,8 @@ Lowerings (same parameters, same numbers up to floating-point rounding):
   groups (in-width <= 8) as fused broadcast multiply-adds, forward and input gradient.
 - ``"portable"``: ``"xla"``'s convolutions and ``"fast"``'s max-pool (strided slices): only
   operators that converters to other formats take (ONNX, ``resnext_jax.export``).
-- ``"auto"``: ``"fast"`` on the CPU, ``"xla"`` on GPU / TPU (see ``resolve``).
+- ``"auto"``: ``"fast"`` on the CPU, ``"xla"`` on GPU / TPU, decided by the platform the
+  computation is compiled for (see ``resolve``).
 """
 
 from __future__ import annotations
@@ -24,24 +25,27 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from resnext_jax.ops.compiler import target_platform
 from resnext_jax.ops.grouped import Padding, grouped_conv, use_direct, xla_conv
 from resnext_jax.ops.sharding import AxisName, per_device_conv
 
 LOWERINGS = ("xla", "einsum_grad", "fast", "portable", "auto")
 
 
-def resolve(lowering: str) -> str:
-    """The concrete lowering for ``lowering`` on the default backend.
+def resolve(lowering: str, backend: str | None = None) -> str:
+    """The concrete lowering for ``lowering`` on ``backend`` (default: the platform being
+    compiled for, :func:`resnext_jax.ops.target_platform`).
 
     ``"auto"`` means ``"fast"`` on the CPU, where it was measured faster for every layer of
-    ResNeXt-50 (README "Speed"), and XLA's own lowerings elsewhere: on GPU / TPU XLA calls
+    ResNeXt-50 (docs/speed.md), and XLA's own lowerings elsewhere: on GPU / TPU XLA calls
     cuDNN / its own convolution emitters, which handle groups natively, and the fast forms
-    have not been measured better there (``benchmarks/bench_gpu.py`` measures them).
+    have not been measured better there (``benchmarks/bench_gpu.py`` measures them); the
+    TPU compiler aborts on the fast forms' bfloat16 windows.
     """
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown lowering {lowering!r}; choose one of {LOWERINGS}")
     if lowering == "auto":
-        return "fast" if jax.default_backend() == "cpu" else "xla"
+        return "fast" if (backend or target_platform()) == "cpu" else "xla"
     return lowering
 
 

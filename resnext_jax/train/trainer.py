@@ -22,48 +22,31 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from resnext_jax import data
 from resnext_jax.errors import UsageError
-from resnext_jax.model import ResNet
-from resnext_jax.ops import compiler_options, huge_pages_hint, resolve_dtype
+from resnext_jax.ops import huge_pages_hint
+from resnext_jax.train.build import build_steps, make_mesh, model_from_config
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
-from resnext_jax.train.mixing import Mixing
-from resnext_jax.train.optim import (
-    create_optimizer,
-    create_schedule,
-    frozen_labels,
-    lr_multipliers,
-)
 from resnext_jax.train.steps import (
-    DATA_AXIS,
     TrainState,
-    create_state,
-    make_eval_step,
-    make_train_step,
 )
 from resnext_jax.transforms import Transform
-from resnext_jax.weights import LoadReport, Pretrained, load, native
+from resnext_jax.weights import LoadReport, Pretrained, native
 from resnext_jax.weights.load import WORKDIR_MODEL, WORKDIR_WEIGHTS
-from resnext_jax.zoo import PretrainedCfg, create_model, get_entry
+from resnext_jax.zoo import PretrainedCfg, get_entry
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN / Inf; the last good checkpoint is kept."""
-
-
-# ResNet fields a config may set under config.model (None keeps the zoo entry's value).
-RUN_FIELDS = ("drop_rate", "drop_path_rate", "lowering", "remat", "train_from")
 
 
 class Trainer:
@@ -78,12 +61,7 @@ class Trainer:
     def __init__(self, config: ConfigDict, workdir: str | os.PathLike, *, train: bool) -> None:
         workdir = os.fspath(workdir)
         self.config, self.workdir = config, workdir
-        self.mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
-        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        _check_divisible("batch_size", config.batch_size, jax.device_count(),
-                         config.grad_accum_steps)
-        _check_divisible("eval_batch_size", config.eval_batch_size, jax.device_count())
+        mesh = make_mesh()
         d, n = config.data, jax.process_count()
         if d.name == "synthetic":
             self.num_classes = config.model.num_classes or get_entry(
@@ -92,12 +70,12 @@ class Trainer:
             self.source = data.open_source(d.name, data_dir=d.data_dir,
                                            manual_dir=d.manual_dir, bad_images=d.bad_images)
             self.num_classes = self.source.num_classes
-        self.model, self.pretrained = model_from_config(config, self.num_classes)
+        model, self.pretrained = model_from_config(config, self.num_classes)
         self.transform = eval_transform(config, self.pretrained)
         name = config.model.name or self.pretrained.cfg.model
         self.cfg = PretrainedCfg(f"{name}.{os.path.basename(workdir.rstrip('/'))}",
                                  None, None, self.transform, self.num_classes, origin=workdir)
-        self.model = self.model.clone(pretrained_cfg=self.cfg)
+        model = model.clone(pretrained_cfg=self.cfg)
         if d.name == "synthetic":
             self.eval_data = self.train_data = data.SyntheticData(
                 image_size=d.image_size, channels=d.channels, num_classes=self.num_classes,
@@ -107,51 +85,12 @@ class Trainer:
         spe = self.train_data.steps_per_epoch if train else 1
         self.total_steps = config.num_train_steps if config.num_train_steps > 0 \
             else int(math.ceil(config.num_epochs * spe))
-        self.schedule = create_schedule(config.optimizer, config.batch_size, spe,
-                                        self.total_steps)
-        image_shape = (d.image_size, d.image_size, d.channels)
-        params = jax.eval_shape(lambda: self.model.init(
-            jax.random.key(0), jnp.zeros((1, *image_shape))))["params"]
-        frozen = None if self.model.train_from == "stem" else frozen_labels(
-            params, self.model.parts, self.model.train_from)
-        try:
-            multipliers = lr_multipliers(params, self.model.parts,
-                                         dict(config.optimizer.lr_multipliers))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        tx = create_optimizer(config.optimizer, self.schedule, frozen, multipliers)
-        mixing = Mixing.from_config(config.mixing)
-        rows = config.batch_size // jax.device_count()
-        if mixing.on and rows % 2:
-            raise UsageError(
-                f"Mixup / CutMix pair the rows of each device, so each device needs an even "
-                f"number: batch_size={config.batch_size} over {jax.device_count()} device(s) "
-                f"gives {rows}; use a multiple of {2 * jax.device_count()}")
-        variables = self.pretrained.variables if self.pretrained else None
-
-        def init(rng):
-            return create_state(self.model, tx, rng, image_shape, config.ema_decay > 0,
-                                variables)
-
-        abstract = jax.eval_shape(init, jax.random.key(config.seed))
-        self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
-        self.abstract_state = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract, self.state_sharding)
-        self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self.train_step = jax.jit(
-            make_train_step(self.model, tx, self.schedule, num_classes=self.num_classes,
-                            label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                            ema_warmup=config.ema_warmup, accum_steps=config.grad_accum_steps,
-                            seed=config.seed, mesh=self.mesh, mixing=mixing),
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0,
-            compiler_options=compiler_options())
-        self.eval_step = jax.jit(
-            make_eval_step(self.model, num_classes=self.num_classes,
-                           use_ema=config.ema_decay > 0, mesh=self.mesh),
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=self.replicated, compiler_options=compiler_options())
+        self.steps = build_steps(config, model, mesh, num_classes=self.num_classes,
+                                 steps_per_epoch=spe, total_steps=self.total_steps,
+                                 variables=self.pretrained.variables if self.pretrained
+                                 else None)
+        self.model, self.abstract_state = model, self.steps.abstract_state
+        self.train_step, self.eval_step = self.steps.train_step, self.steps.eval_step
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
@@ -177,7 +116,7 @@ class Trainer:
 
     def fresh_state(self) -> TrainState:
         """Step 0: the pretrained weights (``config.model.pretrained``) or a random init."""
-        return self._init(jax.random.key(self.config.seed))
+        return self.steps.init(jax.random.key(self.config.seed))
 
     def restore(self, step: int | None = None) -> tuple[TrainState, int] | None:
         """Checkpoint ``step`` of the workdir, or the newest readable one (None if none)."""
@@ -191,7 +130,7 @@ class Trainer:
         return restored if restored is not None else (self.fresh_state(), 0)
 
     def global_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+        return {k: jax.make_array_from_process_local_data(self.steps.batch_sharding, v)
                 for k, v in batch.items()}
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
@@ -245,25 +184,6 @@ def restore(workdir: str | os.PathLike, step: int | None = None
     return trainer, *restored
 
 
-def model_from_config(config: ConfigDict, num_classes: int) -> tuple[ResNet, Pretrained | None]:
-    """``config.model``'s zoo model for ``num_classes`` classes, with the ResNet fields the
-    config sets; loaded with its weights when ``model.pretrained`` names some."""
-    m = config.model
-    if not m.name and not m.pretrained:
-        raise UsageError("config.model.name is empty: name a zoo model (resnext_jax."
-                         "list_models()), or set model.pretrained to weights that name theirs")
-    if m.num_classes is not None and m.num_classes != num_classes:
-        raise UsageError(f"config.model.num_classes={m.num_classes}, but the data has "
-                         f"{num_classes} classes; leave model.num_classes unset to use the "
-                         "data's")
-    overrides = {k: m[k] for k in RUN_FIELDS if m[k] is not None}
-    overrides["dtype"] = jnp.dtype(resolve_dtype(m.dtype))
-    if m.pretrained:
-        loaded = load(m.pretrained, m.name or None, num_classes=num_classes, **overrides)
-        return loaded.model, loaded
-    return create_model(m.name, num_classes=num_classes, **overrides), None
-
-
 def eval_transform(config: ConfigDict, pretrained: Pretrained | None) -> Transform:
     """The eval transform: the pretrained weights' own (else ImageNet's), with what
     ``config.data`` sets."""
@@ -277,17 +197,6 @@ def eval_transform(config: ConfigDict, pretrained: Pretrained | None) -> Transfo
     except ValueError as err:
         raise UsageError(f"{err} (set config.data.mean / std / crop_pct / interpolation)") \
             from None
-
-
-def _check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1) -> None:
-    """Every device gets the same rows, in ``micro_batches`` equal parts."""
-    unit = devices * micro_batches
-    if batch % unit:
-        parts = f"the {devices} devices" + (f" x {micro_batches} grad_accum_steps"
-                                            if micro_batches > 1 else "")
-        raise UsageError(
-            f"{key}={batch} is not divisible by {parts}; use a multiple of {unit}, "
-            f"e.g. --config.{key}={max(unit, batch // unit * unit)}")
 
 
 class _Preemption:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
-from resnext_jax import ops, zoo
+from resnext_jax import zoo
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import native
@@ -95,7 +95,8 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
 
     ``model``: a zoo name or a ``ResNet``, for checkpoints that do not say which model they
     hold; it must agree with sources that do. ``overrides``: ``ResNet`` fields, e.g.
-    ``dtype`` (``"auto"``: :func:`resnext_jax.ops.fastest_dtype`), ``features_only``;
+    ``dtype`` (``"auto"``: :func:`resnext_jax.ops.fastest_dtype` for the platform compiled
+    for), ``features_only``;
     ``num_classes`` other than the source's keeps the backbone and initialises a new head
     from ``rng`` (with a warning), ``num_classes=0`` drops the head.
     """
@@ -105,8 +106,6 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
                            "fix them; build a new model with create_model to change them")
     if isinstance(model, ResNet):  # its head is the one asked for
         overrides = {"num_classes": model.num_classes, **overrides}
-    if "dtype" in overrides:
-        overrides["dtype"] = ops.resolve_dtype(overrides["dtype"])
     path = os.fspath(source)
     if os.path.isdir(path):
         return _load_native(*_folder(path), model, overrides, rng)
@@ -199,9 +198,9 @@ def _checkpoint_variables(directory: str) -> dict[str, Any]:
 
 def _new_head(model: ResNet, rng: jax.Array | None) -> dict[str, Any]:
     """Fresh classifier parameters, initialised as the model's own ``fc``."""
-    dense = nn.Dense(model.num_classes, dtype=model.dtype, param_dtype=model.param_dtype)
+    dense = nn.Dense(model.num_classes, param_dtype=model.param_dtype)
     key = jax.random.key(0) if rng is None else rng
-    return dict(dense.init(key, jnp.zeros((1, model.num_features), model.dtype))["params"])
+    return dict(dense.init(key, jnp.zeros((1, model.num_features), model.param_dtype))["params"])
 
 
 def _head_plan(file_classes: int | None, overrides: dict[str, Any], source: str) -> tuple[
