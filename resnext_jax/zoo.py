@@ -100,6 +100,20 @@ class PretrainedCfg:
         return self.name.split(".")[0]
 
 
+def unpublished_cfg(model_name: str, origin: str, num_classes: int,
+                    transform: Transform | None = None) -> PretrainedCfg:
+    """The config of weights that are no published set (a file, a fine-tuned or fresh model):
+    the architecture's name, the transform in use and where they came from; no published
+    name, accuracy or Hub id."""
+    return PretrainedCfg(model_name, None, None, transform or Transform(), num_classes,
+                         origin=origin)
+
+
+def is_published(cfg: PretrainedCfg) -> bool:
+    """Whether ``cfg`` names a registered (published) weight set."""
+    return cfg.name in _SETS
+
+
 def register_pretrained(cfg: PretrainedCfg) -> None:
     """Add a weight set; a model's first set is its default."""
     get_entry(cfg.model)

@@ -3,7 +3,7 @@ ahead of time for a TPU slice, on any host (``python -m resnext_jax.main --mode=
 
 libtpu (``pip install "resnext_jax[tpu]"``) compiles for a named TPU topology without a TPU:
 :func:`topology_devices` gives the slice's abstract chips, the trainer's builders
-(:mod:`resnext_jax.train.build`) make the same jitted steps over a mesh of them, and
+(:mod:`resnext_jax.train.builders`) make the same jitted steps over a mesh of them, and
 ``.lower(abstract state and batch).compile()`` runs the TPU compiler. Nothing is
 initialised and no data is read. The executable's memory analysis is each chip's HBM need;
 its HLO shows what each chip computes and moves (:mod:`resnext_jax.hlo`).
@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 from resnext_jax import hlo
 from resnext_jax.errors import UsageError
 from resnext_jax.ops import resolve_dtype
-from resnext_jax.train.build import (
+from resnext_jax.train.builders import (
     abstract_batch,
     build_steps,
     make_mesh,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from resnext_jax import data
 from resnext_jax.errors import UsageError
 from resnext_jax.ops import huge_pages_hint
-from resnext_jax.train.build import build_steps, make_mesh, model_from_config
+from resnext_jax.train.builders import build_steps, make_mesh, model_from_config
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text

@@ -245,8 +245,11 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
         raise WeightsError(f"{path} does not fit its own architecture (damaged?): "
                            + "; ".join(problems))
     variables = jax.tree_util.tree_map(jnp.asarray, saved)
-    cfg = model.pretrained_cfg or PretrainedCfg(
-        file_name or os.path.basename(path), None, None, origin=path)
+    cfg = model.pretrained_cfg
+    if cfg is None or zoo.is_published(cfg):
+        # A file's claim to be a published set cannot be checked: only loading the set by
+        # its name or Hub id attaches its name and accuracy.
+        cfg = zoo.unpublished_cfg(file_name or os.path.basename(path), path, num_classes)
     report = LoadReport(path, f"resnext_jax ({file_name or 'unnamed'})",
                         loaded=len(jax.tree_util.tree_leaves(saved)))
     return _finish(model, variables, cfg, report, fresh, rng)
@@ -266,8 +269,8 @@ def _load_torch(path: str, tensors: dict[str, np.ndarray], wanted: str | ResNet 
     name = wanted if isinstance(wanted, str) else None
     variables, report = torch_to_flax(tensors, model, skip_head=fresh or num_classes == 0
                                       or model.features_only, source=path, model_name=name)
-    cfg = cfg or model.pretrained_cfg or PretrainedCfg(name or os.path.basename(path), None,
-                                                       None, origin=path)
+    # The published set's config only when the source was that set (by name or Hub id).
+    cfg = cfg or zoo.unpublished_cfg(name or os.path.basename(path), path, num_classes)
     return _finish(model, variables, cfg, report, fresh, rng)
 
 
