@@ -378,9 +378,67 @@ def test_writes_never_follow_a_link_planted_at_a_temporary_name(tiny, tmp_path):
 
 
 def test_auto_dtype_resolves_on_load() -> None:
-    """``dtype="auto"`` is a request, never a field value: load resolves it for a model
-    given as a module (``clone``) as ``create_model`` does for a name."""
+    """``dtype="auto"`` on a model given as a module (``clone``) computes in the fastest
+    dtype of the platform it runs on, as for a model given by name."""
     loaded = rx.load(FIXTURE_FILE, fixture_model(FIXTURE), dtype="auto")
-    assert loaded.model.dtype == rx.ops.fastest_dtype()
     x = jnp.zeros((1, 32, 32, 3))
     assert loaded.model.apply(loaded.variables, x).dtype == rx.ops.fastest_dtype()
+
+
+# --- provenance: a published set's name and accuracy only for that set's bytes ---------------
+
+def test_file_weights_never_claim_the_published_set(tmp_path):
+    """Random weights in timm's layout, loaded by model name, are not the model's published
+    set: no set name, accuracy or Hub id in the config, the card, config.json or a re-save."""
+    name = "seresnext50_32x4d"  # racm_in1k, 81.268 % top-1
+    published = rx.get_pretrained_cfg(name)
+    model, variables = random_model(name)
+    fresh = rx.Pretrained.from_variables(model, variables, origin="test init")
+    assert (fresh.cfg.name, fresh.cfg.top1, fresh.cfg.origin) == (name, None, "test init")
+    fresh.export_torch(tmp_path / "w.safetensors")
+    loaded = rx.load(tmp_path / "w.safetensors", name)
+    cfg = loaded.cfg
+    assert (cfg.name, cfg.top1, cfg.hf_hub_id, cfg.url) == (name, None, None, None)
+    assert cfg.origin == str(tmp_path / "w.safetensors") and cfg.transform == rx.Transform()
+    assert loaded.model.pretrained_cfg == cfg
+    folder = rx.save_pretrained(loaded, tmp_path / "card")
+    for file in ("README.md", "config.json"):
+        text = open(os.path.join(folder, file)).read()
+        assert published.name not in text and f"{published.top1:.3f}" not in text, file
+        assert published.name.partition(".")[2] not in text, file
+    loaded.save(tmp_path / "w.msgpack")
+    assert rx.load(tmp_path / "w.msgpack").cfg.name == name
+
+
+def test_a_file_claiming_a_published_set_loses_the_claim(tmp_path, tiny):
+    """Our file format records a config; a claim to be a published set cannot be checked
+    from the file, so it is dropped on load."""
+    model, variables = tiny
+    published = rx.get_pretrained_cfg("seresnext26d_32x4d")
+    forged = rx.Pretrained(model.clone(pretrained_cfg=published), variables, published,
+                           rx.Pretrained.from_variables(model, variables).report)
+    forged.save(tmp_path / "forged.msgpack")
+    cfg = rx.load(tmp_path / "forged.msgpack").cfg
+    assert cfg.top1 is None and cfg.hf_hub_id is None and cfg.name != published.name
+
+
+def test_a_weight_set_loaded_by_name_keeps_its_name(tmp_path, offline_cache):
+    name = "seresnext26d_32x4d"
+    cfg = rx.get_pretrained_cfg(name)
+    model, variables = random_model(name)
+    rx.Pretrained.from_variables(model, variables).export_torch(tmp_path / "w.safetensors",
+                                                                layout="timm")
+    _hub_cache(offline_cache, cfg.hf_hub_id, str(tmp_path / "w.safetensors"))
+    for source in (cfg.name, cfg.hf_hub_id, name):
+        assert rx.load(source).cfg == cfg
+
+
+def test_from_variables_for_tiny_models(tmp_path, tiny):
+    model, variables = tiny
+    pretrained = rx.Pretrained.from_variables(model, variables)
+    assert pretrained.cfg.name == "tiny_seresnext" and pretrained.cfg.top1 is None
+    pretrained.save(tmp_path / "t.msgpack")
+    pretrained.export_torch(tmp_path / "t.safetensors")
+    assert rx.load(tmp_path / "t.msgpack").cfg.model == "tiny_seresnext"
+    with pytest.raises(rx.WeightsError, match="do not fit the model"):
+        rx.Pretrained.from_variables(rx.create_model("tiny_resnext"), variables)

@@ -67,6 +67,24 @@ class Pretrained:
     cfg: PretrainedCfg
     report: LoadReport
 
+    @classmethod
+    def from_variables(cls, model: ResNet, variables: Mapping[str, Any], *,
+                       origin: str = "resnext_jax", transform: Transform | None = None
+                       ) -> Pretrained:
+        """``model``'s own ``variables`` (freshly initialised, fine-tuned in your code ...)
+        as a :class:`Pretrained`, ready for ``save``, ``export_torch`` and
+        ``save_pretrained``. Its config names the zoo architecture (when ``model`` is one)
+        and ``origin``; it claims no published name or accuracy."""
+        name = zoo_name(model) or "resnet"
+        cfg = zoo.unpublished_cfg(name, origin, model.num_classes, transform)
+        tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+        problems = tree_differences(unflatten_dict(flax_shapes(model)), tree)
+        if problems:
+            raise WeightsError(f"the variables do not fit the model: {'; '.join(problems)}")
+        return cls(model.clone(pretrained_cfg=cfg), dict(tree), cfg,
+                   LoadReport(origin, "resnext_jax (variables)",
+                              loaded=len(jax.tree_util.tree_leaves(tree))))
+
     @property
     def transform(self) -> Transform:
         return self.cfg.transform
@@ -86,6 +104,16 @@ class Pretrained:
                 "model": self.cfg.model}
         write_safetensors(path, tensors, meta)
         return tensors
+
+
+def zoo_name(model: ResNet) -> str | None:
+    """The registered name of ``model``'s architecture (any head), or None."""
+    arch = native.architecture(model)
+    for name in zoo.list_models():
+        candidate = native.architecture(zoo.create_model(name, num_classes=model.num_classes))
+        if candidate == arch:
+            return name
+    return None
 
 
 def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
