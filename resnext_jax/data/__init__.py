@@ -1,4 +1,5 @@
-"""tf.data + TFDS input pipelines (host CPU only; never imports the model or JAX)."""
+"""tf.data + TFDS input pipelines (host CPU only; never imports the model or JAX). The
+imports below only check that the [train] and [tf] extras are installed."""
 
 try:  # the [train] and [tf] extras; the core install is models and weights only
     import optax  # noqa: F401

@@ -77,7 +77,7 @@ class TrainData:
 
     def _shard_epoch(self, shard: int, epoch: int, skip: int) -> tf.data.Dataset:
         epoch_seed = _seed(self.seed, shard, epoch)
-        if self.cache:  # decoded-bytes cache in memory, reshuffled every epoch
+        if self.cache:  # encoded-bytes cache in memory (decoded per use), reshuffled every epoch
             if shard not in self._cached:
                 self._cached[shard] = self.source.read(self.split, shard, self.num_shards).cache()
             n = self.source.num_examples(self.split, shard, self.num_shards)

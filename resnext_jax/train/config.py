@@ -1,10 +1,12 @@
 """Every training option with its default; ``configs/*.py`` start from ``default_config()``.
 
-The config is locked: a key that is not here (a typo) is an error, not a silent new option.
+The config is locked, in Python as on the command line: setting a key that is not here (a
+typo) is a one-line error naming the closest key, not a silent new option.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import os
@@ -15,8 +17,23 @@ from ml_collections.config_dict import placeholder
 from resnext_jax.errors import UsageError
 
 
-def default_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+class Config(ml_collections.ConfigDict):
+    """A ``ConfigDict`` whose locked form answers an unknown key in one line."""
+
+    def __setitem__(self, key: str, value) -> None:
+        if self.is_locked and key not in self:
+            raise AttributeError(unknown_key(key, list(self.keys())))
+        super().__setitem__(key, value)
+
+
+def unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return (f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "; every key and its default is in resnext_jax/train/config.py")
+
+
+def default_config() -> Config:
+    c = Config()
     c.seed = 0
     c.batch_size = 256  # global, over all devices and processes
     c.eval_batch_size = 256
@@ -31,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # A registered model name (resnext_jax.list_models()) and the ResNet fields a run may
     # set; None keeps the zoo entry's value. A new architecture is a new registered name.
-    c.model = ml_collections.ConfigDict()
+    c.model = Config()
     c.model.name = "resnext50_32x4d"
     c.model.pretrained = placeholder(str)  # anything resnext_jax.load reads (eval, fine-tune)
     c.model.num_classes = placeholder(int)  # None: the dataset's (a new head if pretrained)
@@ -44,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.remat = placeholder(bool)
     c.model.train_from = "stem"  # fine-tuning: earlier parts frozen (BatchNorm in eval mode)
 
-    c.data = ml_collections.ConfigDict()
+    c.data = Config()
     c.data.name = "imagenet2012"  # a TFDS name or a folder of class subfolders
     c.data.data_dir = placeholder(str)  # TFDS data dir (default ~/tensorflow_datasets)
     c.data.manual_dir = placeholder(str)  # where ImageNet's tar files are, to build on first use
@@ -77,13 +94,13 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Mixup / CutMix on the device, timm's semantics (resnext_jax/train/mixing.py); on when an
     # alpha is > 0. Needs an even number of rows per device.
-    c.mixing = ml_collections.ConfigDict()
+    c.mixing = Config()
     c.mixing.mixup_alpha = 0.0
     c.mixing.cutmix_alpha = 0.0
     c.mixing.prob = 1.0  # of mixing a batch at all
     c.mixing.switch_prob = 0.5  # of CutMix rather than Mixup when both alphas are > 0
 
-    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer = Config()
     c.optimizer.name = "sgd"  # "sgd", "adamw", "lamb" or "lars"
     c.optimizer.base_lr = 0.1  # per 256 images
     c.optimizer.scale_by_batch = True  # lr = base_lr * batch_size / 256
@@ -95,19 +112,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 0.0
     c.optimizer.trust_coefficient = 0.001  # "lars"
     # Per-part learning-rate multipliers (fine-tuning: e.g. 0.1 for the stem and layer1).
-    c.optimizer.lr_multipliers = ml_collections.ConfigDict(
+    c.optimizer.lr_multipliers = Config(
         {part: 1.0 for part in ("stem", "layer1", "layer2", "layer3", "layer4", "fc")})
     c.optimizer.schedule = "cosine"  # "cosine", "step" or "constant", after the warmup
     c.optimizer.warmup_epochs = 5.0
     c.optimizer.decay_epochs = (30, 60, 80)  # "step": multiply by decay_factor at each
     c.optimizer.decay_factor = 0.1
 
-    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint = Config()
     c.checkpoint.every_steps = 1000
     c.checkpoint.keep = 3  # the last K, plus the best by best_metric
     c.checkpoint.best_metric = "eval_top1"  # "" keeps only the last K
     c.checkpoint.best_mode = "max"
     c.checkpoint.async_save = True
+    c.lock()
     return c
 
 
