@@ -161,6 +161,8 @@ def _main() -> None:
             result = train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.step, report=_report)
         else:
             result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.RunInterrupted:
+        return  # the loop said where it stopped and how to resume; nothing more happened
     except (UsageError, DatasetNotFoundError, train.ConfigMismatchError) as e:
         _fail(e, 2)
     except (train.NonFiniteLossError, train.CheckpointError, train.WorkdirBusyError,

@@ -356,5 +356,8 @@ def test_sigterm_in_start_up_and_ctrl_c_in_training_stop_cleanly(tmp_path, digit
     assert proc.returncode == 0, err[-3000:]
     assert "interrupted: saving step" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
+    # Only what happened: no summary of a finished run, no final weights that were not written.
+    assert "done in" not in err and "final_weights" not in err
+    assert not os.path.exists(os.path.join(workdir, "final_weights.msgpack"))
     stopped = int(err.split("interrupted: saving step ")[1].split()[0])
     assert str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))

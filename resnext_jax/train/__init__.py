@@ -14,7 +14,8 @@ _WHERE = {
     "ConfigMismatchError": "checkpoint",
     "config_from_json": "config", "default_config": "config", "get_config": "config",
     "list_configs": "config", "WorkdirBusyError": "files", "TrainState": "steps",
-    "NonFiniteLossError": "trainer", "Trainer": "trainer", "build": "trainer",
+    "NonFiniteLossError": "trainer", "RunInterrupted": "trainer", "Trainer": "trainer",
+    "build": "trainer",
     "evaluate": "trainer", "restore": "trainer", "train_and_evaluate": "trainer",
 }
 __all__ = sorted(_WHERE)

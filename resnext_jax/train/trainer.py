@@ -49,6 +49,16 @@ class NonFiniteLossError(FloatingPointError):
     """Training stopped on a NaN / Inf; the last good checkpoint is kept."""
 
 
+class RunInterrupted(Exception):  # noqa: N818 - a stop, not a failure
+    """SIGTERM (preemption) or Ctrl-C stopped training after saving ``step``; running the
+    same config on the same workdir resumes there."""
+
+    def __init__(self, step: int, total: int, why: str) -> None:
+        super().__init__(f"{why} at step {step} of {total}: saved; rerun the same command "
+                         "to resume")
+        self.step, self.total, self.why = step, total, why
+
+
 class Trainer:
     """Everything a run builds from its config, in order: the mesh, the data, the model (and
     pretrained weights), the optimizer, the jitted steps and the checkpoints.
@@ -282,7 +292,7 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
                dynamic_ncols=True)
     last_eval: dict[str, float] = {}
     history: list[dict] = []
-    tick, pending = time.perf_counter(), None
+    tick, pending, why = time.perf_counter(), None, ""
     try:
         while step < run.total_steps:
             state, metrics = run.train_step(state, run.global_batch(next(batches)))
@@ -323,9 +333,11 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
         finally:
             ckpt.close()
             writer.close()
-    if step == run.total_steps and not last_eval:  # rerun of a finished run
+    if step < run.total_steps:
+        raise RunInterrupted(step, run.total_steps, why)
+    if not last_eval:  # rerun of a finished run
         last_eval = run.evaluate(state)
-    if main and step == run.total_steps:
+    if main:
         _export_weights(run.pretrained_of(state, last_eval),
                         os.path.join(workdir, WORKDIR_WEIGHTS))
         write_text(os.path.join(workdir, "final_metrics.json"),
