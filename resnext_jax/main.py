@@ -75,12 +75,13 @@ _KNOWN_NOTICES = re.compile(r"oneDNN custom operations are on|All log messages b
 
 
 class _Quiet(logging.Filter):
-    """orbax logs every step of every save at INFO; known start-up notices are not news."""
+    """orbax logs every step of every save, and warns about read-only managers that eval
+    asks for; its failures reach us as exceptions. Known start-up notices are not news."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _KNOWN_NOTICES.search(record.getMessage()):
             return False
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        return record.levelno >= logging.ERROR or "/orbax/" not in record.pathname
 
 
 class _Stopped(BaseException):
