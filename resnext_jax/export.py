@@ -17,11 +17,13 @@ jax2onnx (optional; README "Serving" says how to install it) from ``lowering="po
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -85,7 +87,8 @@ def _onnx(forward: Callable[[jax.Array], Any], image: tuple[int, int, int], outp
     """``forward`` as a serialized ONNX model with a dynamic ``batch``, and its spec entries;
     the outputs are named ``output`` or, for features, by their keys."""
     try:
-        import jax2onnx
+        with _quiet("jax2onnx", "onnx_ir"):  # its plugin scan logs every optional import
+            import jax2onnx
     except ImportError:
         raise UsageError("ONNX export needs jax2onnx: pip install onnx onnx-ir onnxruntime && "
                          "pip install --no-deps jax2onnx==0.17.1 (its own requirements would "
@@ -93,14 +96,33 @@ def _onnx(forward: Callable[[jax.Array], Any], image: tuple[int, int, int], outp
     example = jax.ShapeDtypeStruct((1, *image), jnp.float32)
     paths = jax.tree_util.tree_flatten_with_path(jax.eval_shape(forward, example))[0]
     names = [path[-1].key if path else output for path, _ in paths]
-    proto = jax2onnx.to_onnx(forward, [("batch", *image)], model_name="resnext_jax",
-                             input_names=["images"], output_names=names)
+    with _quiet("jax2onnx", "onnx_ir"):
+        proto = jax2onnx.to_onnx(forward, [("batch", *image)], model_name="resnext_jax",
+                                 input_names=["images"], output_names=names)
     # jax2onnx 0.17.1 keeps NHWC shapes on values its layout pass made NCHW; onnxruntime warns
     # of each. The annotations are optional: drop them, the runtime infers its own.
     del proto.graph.value_info[:]
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return proto.SerializeToString(), {"format": "onnx", "outputs": names, "opset": opset,
                                        "jax2onnx": importlib.metadata.version("jax2onnx")}
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """These libraries' log records below ERROR dropped for the block, unless
+    ``RESNEXT_VERBOSE=1``: jax2onnx logs a traceback for every optional plugin whose own
+    dependency (equinox, dm_pix ...) is absent, onnx_ir a warning per untyped value."""
+    if os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0"):
+        yield
+        return
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def load_exported(out_dir: str | os.PathLike) -> tuple[Callable[[Any], Any], dict[str, Any]]:
