@@ -1,29 +1,64 @@
-"""The README's snippets, run verbatim (tests/readme_snippets.py extracts them), offline:
-random weights in a local Hugging Face cache stand in for the Hub."""
+"""The README, checked as a new user would: every ``<!-- snippet: NAME -->`` block runs verbatim
+in a fresh Python process on its own, offline (random weights in a local Hugging Face cache
+stand in for the Hub; the files a snippet reads are made here), and the main command reaches
+the accuracy the README states."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from readme_snippets import snippet
-from test_weights_io import _hub_cache, go_offline
+from readme_snippets import README, snippet
 
 import resnext_jax as rx
 
+pytestmark = pytest.mark.e2e  # fresh processes
+ROOT = os.path.dirname(README)
+TEXT = open(README, encoding="utf-8").read()
+SNIPPETS = re.findall(r"<!-- snippet: ([\w-]+) -->", TEXT)
 
-def _run(name: str) -> dict:
-    scope: dict = {}
-    exec(snippet(name), scope)  # noqa: S102 - the README's own code
-    return scope
+# What each snippet leaves behind, checked in the same process after it ran.
+CHECKS = {
+    "quickstart": "[list(features['layer4'].shape), list(features['pre_logits'].shape)]",
+    "pretrained": "[list(features['pre_logits'].shape), transform.interpolation, "
+                  "ten.model.num_classes]",
+    "nnx": "[list(logits.shape), bool(np.isfinite(float(loss)))]",
+    "serve-and-share": "[list(logits.shape), again.cfg == trained.cfg]",
+    "load-trained": "[list(logits.shape), trained.cfg.model]",
+    "finetune": "[finetuned.model.num_classes, finetuned.cfg.model]",
+    "sharded-jit": "[list(logits.shape), sorted(features)]",
+}
+EXPECTED = {
+    "quickstart": [[2, 7, 7, 2048], [2, 2048]],
+    "pretrained": [[2, 2048], "bicubic", 10],
+    "nnx": [[8, 3], True],
+    "serve-and-share": [[5, 10], True],
+    "load-trained": [[1, 10], "digits_seresnext"],
+    "finetune": [2, "seresnext26d_32x4d"],
+    "sharded-jit": [[2, 1000], ["layer1", "layer2", "layer3", "layer4", "stem"]],
+}
 
 
-def _random_hub_weights(offline_cache: str, weight_set: str, tmp_path) -> None:
-    """A local Hub copy of ``weight_set`` with random values (BN variances positive)."""
+def test_every_python_block_is_a_checked_snippet():
+    blocks = TEXT.count("```python")
+    assert blocks == len(SNIPPETS) == len(set(SNIPPETS)), "mark every python block"
+    assert set(SNIPPETS) == set(CHECKS)
+
+
+def _hub_copy(cache: str, weight_set: str, folder: str) -> None:
+    """A Hub-cache copy of ``weight_set`` with random values, laid out as huggingface_hub
+    lays it out (``refs/main`` -> ``snapshots/<commit>/<file>`` -> ``blobs/<sha256>``)."""
+    import hashlib
+    import shutil
+
     cfg = rx.get_pretrained_cfg(weight_set)
     model = rx.create_model(cfg.model)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -31,40 +66,67 @@ def _random_hub_weights(offline_cache: str, weight_set: str, tmp_path) -> None:
     variables = jax.tree_util.tree_map_with_path(
         lambda path, s: np.ones(s.shape, np.float32) if "var" in str(path[-1])
         else rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
-    path = os.path.join(str(tmp_path), "weights.safetensors")
-    rx.Pretrained(model, variables, cfg, None).export_torch(path)
-    _hub_cache(offline_cache, cfg.hf_hub_id, path)
+    file = os.path.join(folder, f"{weight_set}.safetensors")
+    rx.Pretrained.from_variables(model, variables).export_torch(file)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    blob = hashlib.sha256(open(file, "rb").read()).hexdigest()
+    repo = os.path.join(cache, "models--" + cfg.hf_hub_id.replace("/", "--"))
+    for sub in ("refs", "blobs", os.path.join("snapshots", commit)):
+        os.makedirs(os.path.join(repo, sub))
+    open(os.path.join(repo, "refs", "main"), "w").write(commit)
+    shutil.move(file, os.path.join(repo, "blobs", blob))
+    os.symlink(os.path.join("..", "..", "blobs", blob),
+               os.path.join(repo, "snapshots", commit, "model.safetensors"))
 
 
-def test_quickstart():
-    scope = _run("quickstart")
-    assert scope["features"]["layer4"].shape == (2, 7, 7, 2048)
-    assert scope["features"]["pre_logits"].shape == (2, 2048)
+def _env(sandbox) -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(sandbox / "hub-cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def test_pretrained(tmp_path, monkeypatch):
-    _random_hub_weights(go_offline(tmp_path, monkeypatch), "seresnext50_32x4d.racm_in1k",
-                        tmp_path)
-    with pytest.warns(UserWarning, match="new classifier head for 10 classes"):
-        scope = _run("pretrained")
-    assert scope["features"]["pre_logits"].shape == (2, 2048)
-    assert scope["transform"].interpolation == "bicubic"
-    assert scope["ten"].model.num_classes == 10
-
-
-@pytest.mark.e2e
-def test_finetune(tmp_path, monkeypatch):
-    _random_hub_weights(go_offline(tmp_path, monkeypatch), "seresnext26d_32x4d.bt_in1k",
-                        tmp_path)
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A user's folder: the Hub sets the snippets name, a short run of the main command in
+    runs/digits, a digit image and a folder of images to fine-tune on."""
+    root = tmp_path_factory.mktemp("user")
+    for weight_set in ("seresnext50_32x4d.racm_in1k", "seresnext26d_32x4d.bt_in1k"):
+        _hub_copy(str(root / "hub-cache"), weight_set, str(root))
+    done = subprocess.run(
+        [sys.executable, "-m", "resnext_jax.main", "--config=digits", "--workdir=runs/digits",
+         "--config.num_train_steps=8", "--config.checkpoint.every_steps=4",
+         "--config.log_every_steps=4"],
+        cwd=root, env=_env(root), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(root / "digit.png")
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):
-        os.makedirs(f"my_images/{label}")
+        os.makedirs(root / "my_images" / label)
         for i in range(10):
             Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
-                f"my_images/{label}/{i}.png")
-    scope = _run("finetune")
-    finetuned = scope["finetuned"]
-    assert finetuned.model.num_classes == 2 and finetuned.cfg.model == "seresnext26d_32x4d"
-    assert finetuned.transform.size == 128 and finetuned.transform.interpolation == "bicubic"
-    assert finetuned.cfg.top1 is not None
+                root / "my_images" / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("name", SNIPPETS)
+def test_snippet_runs_verbatim_in_a_fresh_process(name, sandbox):
+    code = (f"{snippet(name)}\nimport json as _json, numpy as np\n"
+            f"print('CHECK', _json.dumps({CHECKS[name]}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=sandbox, env=_env(sandbox),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("CHECK ")][-1]
+    assert json.loads(line[len("CHECK "):]) == EXPECTED[name]
+
+
+def test_main_command_reaches_the_accuracy_the_readme_states(tmp_path):
+    """The README's first command, as it is written, and its stated bound on test top-1."""
+    command = re.search(r"&& (python -m resnext_jax\.main --config=digits [^\n]*)", TEXT)
+    bound = re.search(r"to at least ([\d.]+) % test top-1", TEXT)
+    assert command and bound, "the README states the main command and its accuracy"
+    args = command.group(1).split()[1:]
+    done = subprocess.run([sys.executable, *args], cwd=tmp_path,
+                          env={**_env(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub")},
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    top1 = 100 * json.loads(done.stdout.strip().splitlines()[-1])["eval/top1"]
+    assert top1 >= float(bound.group(1)), top1

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 
 import jax
 import numpy as np
@@ -306,37 +305,6 @@ def test_checkpoints_of_another_set_up_stop_the_run_untouched(tmp_path, referenc
     assert says in result.stderr and "new --workdir" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-
-
-@pytest.mark.parametrize("name", ["load-trained", "nnx", "serve-and-share"])
-def test_readme_snippets_after_the_main_command(name, reference, tmp_path, monkeypatch):
-    """The README's snippets that start from the main command's workdir (here: the
-    reference run's), run verbatim."""
-    sys.path.insert(0, os.path.dirname(__file__))
-    from PIL import Image
-    from readme_snippets import snippet
-
-    monkeypatch.chdir(tmp_path)
-    os.makedirs("runs")
-    os.symlink(reference[0], "runs/digits")
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save("digit.png")
-    scope: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the new head's warning
-        exec(snippet(name), scope)  # noqa: S102 - the README's own code
-    if name == "load-trained":
-        assert scope["logits"].shape == (1, 10)
-        assert scope["trained"].cfg.name == \
-            f"digits_seresnext.{os.path.basename(reference[0])}"
-    elif name == "nnx":
-        assert scope["logits"].shape == (8, 3) and np.isfinite(float(scope["loss"]))
-    else:
-        assert scope["logits"].shape == (5, 10)
-        np.testing.assert_allclose(
-            scope["logits"], scope["trained"].model.apply(scope["trained"].variables,
-                                                          np.zeros((5, 8, 8, 1), np.float32)),
-            rtol=1e-5, atol=1e-5)
-        assert scope["again"].cfg == scope["trained"].cfg
 
 
 def test_sigterm_in_start_up_and_ctrl_c_in_training_stop_cleanly(tmp_path, digits_ready):
