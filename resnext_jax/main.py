@@ -42,6 +42,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from resnext_jax.errors import UsageError  # noqa: E402
 from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
+from resnext_jax.workdir import FINAL_WEIGHTS  # noqa: E402
 from resnext_jax.zoo import get_entry  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -233,7 +234,7 @@ def _fail(error: BaseException, status: int) -> None:
 def _summary(result: dict, workdir: str, seconds: float) -> None:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                         if isinstance(v, float))
-    weights = os.path.join(workdir, "final_weights.msgpack")
+    weights = os.path.join(workdir, FINAL_WEIGHTS)
     print(f"done in {seconds:.0f} s: {metrics}\n"
           f"  checkpoints  {os.path.join(workdir, 'checkpoints')}\n"
           f"  metrics      {os.path.join(workdir, 'metrics.jsonl')} (and TensorBoard events)\n"

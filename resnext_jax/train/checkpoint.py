@@ -27,14 +27,20 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from resnext_jax.digest import tree_digest
 from resnext_jax.train.files import is_remote
 from resnext_jax.weights.errors import tree_differences
+from resnext_jax.workdir import DIGEST, STATE, STATE_SHA256, WEIGHTS_SHA256
 
-STATE, DIGEST = "state", "digest"
 # What TensorStore says in its errors about a damaged file (status codes, decoder messages),
 # and what says nothing about the file (the storage, the network or the machine).
 _DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION",
                  "Error decoding", "corruption detected")
 _TRANSIENT_CODES = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
                     "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED", "UNAUTHENTICATED")
+
+
+def weights_of(state: Any) -> dict[str, Any]:
+    """The weights a load of the workdir returns: the moving average when the run keeps one,
+    else the parameters and BatchNorm statistics."""
+    return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class CheckpointError(RuntimeError):
@@ -95,8 +101,11 @@ class Checkpointer:
             return
         self.wait()
         self._pending = step
+        digests = {STATE_SHA256: tree_digest(state)}
+        if hasattr(state, "params"):  # a TrainState: what rx.load(workdir) checks
+            digests[WEIGHTS_SHA256] = tree_digest(weights_of(state))
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                     DIGEST: ocp.args.JsonSave({"sha256": tree_digest(state)})})
+                                     DIGEST: ocp.args.JsonSave(digests)})
         try:
             self.manager.save(step, args=args, metrics=metrics, force=True)
         except (OSError, ValueError, RuntimeError) as e:
@@ -124,7 +133,7 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state), DIGEST: ocp.args.JsonRestore()}))
         state = jax.block_until_ready(restored[STATE])
-        if tree_digest(state) != restored[DIGEST]["sha256"]:
+        if tree_digest(state) != restored[DIGEST][STATE_SHA256]:
             raise DamagedCheckpointError(f"the arrays of checkpoint {step} do not match the "
                                          "digest saved with them")
         return state

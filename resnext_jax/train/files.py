@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from resnext_jax.files import atomic_write
+from resnext_jax.files import append_text, atomic_write, open_no_follow
 
 
 def is_remote(path: str) -> bool:
@@ -33,8 +33,7 @@ def write_text(path: str, text: str) -> None:
 def append_line(path: str, line: str) -> None:
     """Append one line; object stores cannot append, so there the file is rewritten."""
     if not is_remote(path):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        append_text(path, line + "\n")
         return
     old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
     write_text(path, old + line + "\n")
@@ -57,7 +56,7 @@ class WorkdirLock:
                             "run writes to it", workdir)
             return
         path = os.path.join(workdir, ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

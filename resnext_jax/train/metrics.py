@@ -16,6 +16,7 @@ import jax
 import tensorflow as tf
 from clu import metric_writers
 
+from resnext_jax.errors import UsageError
 from resnext_jax.train.files import append_line, write_text
 
 
@@ -33,6 +34,8 @@ def repair(path: str, last_step: int) -> str | None:
         try:
             step = json.loads(line)["step"]
         except (json.JSONDecodeError, KeyError, TypeError):
+            step = None
+        if type(step) is not int:  # torn, or not a record this project writes
             torn += 1
             continue
         if step > last_step:
@@ -54,6 +57,9 @@ class MetricWriter:
         self.main = jax.process_index() == 0
         if self.main:
             self.path = os.path.join(workdir, "metrics.jsonl")
+            if os.path.islink(self.path):  # found before training, not at the first log
+                raise UsageError(f"{self.path} is a symbolic link; remove it (nothing was "
+                                 "written through it) and run again")
             if message := repair(self.path, start_step):
                 logging.warning("%s", message)
             self.writer = metric_writers.create_default_writer(workdir, asynchronous=False)

@@ -41,7 +41,7 @@ from resnext_jax.train.steps import (
 )
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import LoadReport, Pretrained, native
-from resnext_jax.weights.load import WORKDIR_MODEL, WORKDIR_WEIGHTS
+from resnext_jax.workdir import FINAL_WEIGHTS, MODEL
 from resnext_jax.zoo import PretrainedCfg, get_entry
 
 
@@ -270,7 +270,7 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
     main = jax.process_index() == 0
     if main:
         write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-        write_text(os.path.join(workdir, WORKDIR_MODEL),
+        write_text(os.path.join(workdir, MODEL),
                    json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
     state, step = run.initial_state()
     if main and (hint := huge_pages_hint()):  # a notebook's kernel; the CLI re-executes itself
@@ -339,7 +339,7 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, float]:
         last_eval = run.evaluate(state)
     if main:
         _export_weights(run.pretrained_of(state, last_eval),
-                        os.path.join(workdir, WORKDIR_WEIGHTS))
+                        os.path.join(workdir, FINAL_WEIGHTS))
         write_text(os.path.join(workdir, "final_metrics.json"),
                    json.dumps({"step": step, **last_eval}, indent=2))
     return last_eval

@@ -1,0 +1,10 @@
+"""The layout of a training workdir, shared by the trainer that writes it and
+``resnext_jax.load`` that reads it (which must not import the trainer)."""
+
+MODEL = "model.json"  # the model's architecture and weight-set config (weights.native)
+FINAL_WEIGHTS = "final_weights.msgpack"  # written at the last step only
+CHECKPOINTS = "checkpoints"  # orbax: one folder a step, items STATE and DIGEST
+STATE, DIGEST = "state", "digest"
+# Keys of the DIGEST item: sha256 of the whole train state, and of the weights a load of the
+# workdir returns (the moving average when the run kept one), both by resnext_jax.digest.
+STATE_SHA256, WEIGHTS_SHA256 = "sha256", "weights_sha256"
