@@ -1,5 +1,5 @@
-"""The README's TPU table: every ImageNet recipe compiled for the slice its docstring names
-(plus the pod recipe on v5e-256) by ``python -m resnext_jax.main --mode=compile``, on this
+"""The README's TPU table: every recipe compiled for the slices its docstring names
+(``--topology=...``) by ``python -m resnext_jax.main --mode=compile``, on this
 host, with libtpu (``pip install "resnext_jax[tpu]"``). Nothing runs on a TPU.
 
 python benchmarks/tpu_table.py [--only NAME ...] [--out DIR]
@@ -13,20 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
-# (config, topology, extra flags): the slice each recipe's docstring targets.
-RUNS = [
-    ("resnext50_32x4d", "v4-8", []),
-    ("resnext50_32x4d_tv2", "v4-32", []),
-    ("resnext101_32x8d_tv2", "v4-32", []),
-    ("seresnext50_32x4d", "v4-32", []),
-    ("seresnext50_32x4d_racm", "v4-32", []),
-    ("seresnext50_32x4d_tpu_pod", "v4-32", []),
-    ("seresnext50_32x4d_tpu_pod", "v5e-256", []),
-]
+
+def runs() -> list[tuple[str, str]]:
+    """(config, topology) for every ``--topology=`` a packaged config's docstring names."""
+    import importlib.util
+
+    from resnext_jax.train.config import config_path, list_configs
+
+    found = []
+    for name in list_configs():
+        spec = importlib.util.spec_from_file_location(name, config_path(name))
+        doc = spec.loader.get_source(name) or ""
+        doc = doc.split('"""')[1] if doc.count('"""') >= 2 else ""
+        found += [(name, topology) for topology in re.findall(r"--topology=([\w-]+)", doc)]
+    return found
 
 
 def _gib(n: float) -> str:
@@ -57,13 +62,12 @@ def main() -> None:
     print("| recipe | slice | model, compute | images a chip | HBM GiB a chip: train / eval "
           "of capacity | train TFLOPs a chip | train collectives a chip | compile train + "
           "eval |\n|---|---|---|---:|---|---:|---|---:|", flush=True)
-    for config, topology, extra in RUNS:
+    for config, topology in runs():
         if args.only and config not in args.only:
             continue
         report = os.path.join(args.out, f"{config}.{topology}.json")
         command = [sys.executable, "-m", "resnext_jax.main", "--mode=compile",
-                   f"--config={config}", f"--topology={topology}", f"--report={report}",
-                   *extra]
+                   f"--config={config}", f"--topology={topology}", f"--report={report}"]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0 and not os.path.exists(report):

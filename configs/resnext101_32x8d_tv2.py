@@ -8,6 +8,8 @@ offset the apparent object size that random-resized crops inflate (Touvron et al
 
 python -m resnext_jax.main --config=resnext101_32x8d_tv2 --workdir=DIR \
     --config.data.data_dir=TFDS_DIR
+TPU target: v4-32 (batch 1024: 64 images a chip); check it from any host first with
+python -m resnext_jax.main --mode=compile --config=resnext101_32x8d_tv2 --topology=v4-32
 """
 
 from resnext_jax.train.config import get_config as packaged_config

@@ -7,6 +7,8 @@ top-1 error.
 
 python -m resnext_jax.main --config=configs/resnext50_32x4d.py --workdir=DIR \
     --config.data.data_dir=TFDS_DIR
+TPU target: v4-8 (batch 256: 64 images a chip); check it from any host first with
+python -m resnext_jax.main --mode=compile --config=resnext50_32x4d --topology=v4-8
 """
 
 from resnext_jax.train.config import default_config

@@ -23,6 +23,8 @@ Repeated augmentation came to torchvision after these weights (a later ResNet-50
 
 python -m resnext_jax.main --config=resnext50_32x4d_tv2 --workdir=DIR \
     --config.data.data_dir=TFDS_DIR
+TPU target: v4-32 (batch 1024: 64 images a chip); check it from any host first with
+python -m resnext_jax.main --mode=compile --config=resnext50_32x4d_tv2 --topology=v4-32
 """
 
 from resnext_jax.train.config import default_config

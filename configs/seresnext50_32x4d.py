@@ -7,6 +7,8 @@ Paper: 21.10 % top-1 / 5.49 % top-5 error.
 
 python -m resnext_jax.main --config=configs/seresnext50_32x4d.py --workdir=DIR \
     --config.data.data_dir=TFDS_DIR
+TPU target: v4-32 (batch 1024: 64 images a chip); check it from any host first with
+python -m resnext_jax.main --mode=compile --config=seresnext50_32x4d --topology=v4-32
 """
 
 from resnext_jax.train.config import default_config

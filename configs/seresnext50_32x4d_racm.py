@@ -18,6 +18,8 @@ their 288 figure).
 
 python -m resnext_jax.main --config=seresnext50_32x4d_racm --workdir=DIR \
     --config.data.data_dir=TFDS_DIR
+TPU target: v4-32 (batch 1536: 96 images a chip); check it from any host first with
+python -m resnext_jax.main --mode=compile --config=seresnext50_32x4d_racm --topology=v4-32
 """
 
 from resnext_jax.train.config import default_config

@@ -1,10 +1,14 @@
-"""SE-ResNeXt-50 on ImageNet for a TPU pod slice (e.g. v4-32 / v5e-32): large batch.
+"""SE-ResNeXt-50 on ImageNet for a TPU pod slice (v4-32: 256 images a chip; v5e-256: 16): large
+batch.
 
 Global batch 4096 in bfloat16 compute (fp32 parameters), lr scaled linearly (0.1 per 256
 -> 1.6) with 5 warmup epochs then cosine (Goyal et al. 2017), label smoothing 0.1,
 Nesterov momentum; 100 epochs. For batches of 16k and more switch to LAMB:
 --config.optimizer.name=lamb --config.optimizer.base_lr=... (You et al. 2020).
 
+Check it from any host first (per-chip HBM, FLOPs, collectives; nothing runs):
+python -m resnext_jax.main --mode=compile --config=seresnext50_32x4d_tpu_pod --topology=v4-32
+(or --topology=v5e-256: global batch 4096 is 16 images a chip there).
 On every host of the slice (same command):
 python -m resnext_jax.main --distributed --config=configs/seresnext50_32x4d_tpu_pod.py \
     --workdir=gs://BUCKET/run --config.data.data_dir=gs://BUCKET/tensorflow_datasets
