@@ -122,3 +122,77 @@ def test_loading_a_workdir_checks_the_checkpoint_digest(tmp_path):
                 assert all(np.array_equal(a, b) for a, b in zip(loaded, intact, strict=True))
             open(file, "wb").write(original)
     assert refused > 0
+
+
+# --- forged metadata: our .msgpack files (digest recomputed) and a workdir's model.json ------
+
+def _forge(path, meta, variables=None) -> None:
+    """A file in our documented format (weights/native.py) with ``meta`` as its metadata and a
+    digest that matches: what an attacker who read the format can write."""
+    import hashlib
+
+    from flax import serialization
+
+    meta_bytes = json.dumps(meta).encode() if not isinstance(meta, bytes) else meta
+    payload = serialization.msgpack_serialize(variables or {"params": {}})
+    digest = hashlib.sha256(meta_bytes + b"\0" + payload).hexdigest()
+    path.write_bytes(serialization.msgpack_serialize(
+        {"meta": meta_bytes, "variables": payload, "sha256": digest}))
+
+
+def _genuine_meta(tmp_path) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    model = rx.create_model("tiny_resnext")
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    rx.Pretrained.from_variables(model, variables).save(tmp_path / "real.msgpack")
+    from flax import serialization
+
+    outer = serialization.msgpack_restore((tmp_path / "real.msgpack").read_bytes())
+    return json.loads(outer["meta"])
+
+
+def _edit(meta: dict, change) -> dict:
+    meta = json.loads(json.dumps(meta))
+    change(meta)
+    return meta
+
+
+FORGERIES = {
+    "cardinality 0": lambda m: m["architecture"].update(cardinality=0),
+    "unknown field": lambda m: m["architecture"].update(wings=2),
+    "huge stage": lambda m: m["architecture"].update(layers=[100_000, 1, 1, 1]),
+    "width as text": lambda m: m["architecture"].update(base_width="64"),
+    "transform as a string": lambda m: m.update(pretrained_cfg={"name": "x", "hf_hub_id": None,
+                                                               "top1": None,
+                                                               "transform": "bicubic"}),
+    "unknown block": lambda m: m["architecture"].update(block="capsule"),
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_forged_metadata_is_one_line(tmp_path, name):
+    meta = _edit(_genuine_meta(tmp_path), FORGERIES[name])
+    _forge(tmp_path / "f.msgpack", meta)
+    with pytest.raises(WeightsFileError, match="invalid metadata") as err:
+        rx.load(tmp_path / "f.msgpack")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("meta", [[1, 2], b"\xff\xfe not json", "text"])
+def test_metadata_that_is_no_object_is_one_line(tmp_path, meta):
+    _forge(tmp_path / "f.msgpack", meta)
+    with pytest.raises(WeightsFileError) as err:
+        rx.load(tmp_path / "f.msgpack")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"architecture": {"layers": [3000]}})])
+def test_a_workdir_model_json_is_checked_before_anything_is_built(tmp_path, text):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+    (workdir / "model.json").write_text(text)
+    with pytest.raises(WeightsFileError) as err:
+        rx.load(workdir)
+    assert "model.json" in str(err.value) and "\n" not in str(err.value)

@@ -199,8 +199,12 @@ def _folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         raise WeightsFileError(f"{path} is a folder without weights: neither "
                                f"{FOLDER_WEIGHTS} (save_pretrained), {workdir.FINAL_WEIGHTS} nor a "
                                f"training workdir's {workdir.MODEL} and checkpoints/")
-    with open(spec, encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(spec, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WeightsFileError(f"{spec} is not JSON ({err}); nothing was loaded") from None
+    native.check_meta(meta, spec)
     checkpoint = os.path.join(path, "checkpoints", str(steps[0]))
     return checkpoint, meta, _checkpoint_variables(checkpoint)
 
@@ -286,8 +290,10 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
     file_name = meta.get("model_name")
     if isinstance(wanted, str) and file_name not in (None, wanted):
         raise WeightsError(f"{path} holds {file_name!r} weights, not {wanted!r}")
-    params = saved.get("params", {})
-    classes = np.shape(params["fc"]["kernel"])[1] if "fc" in params else None
+    params = saved.get("params", {}) if isinstance(saved, dict) else None
+    if not isinstance(params, dict) or not isinstance(params.get("fc", {}), dict):
+        raise WeightsFileError(f"{path}: its variables are not a tree of arrays (damaged?)")
+    classes = np.shape(params["fc"].get("kernel"))[-1] if "fc" in params else None
     num_classes, fresh = _head_plan(classes, overrides, path)
     model = native.model_from_meta(meta, **{**overrides, "num_classes": num_classes})
     if wanted is not None:  # as strict as create_model: the file must be that architecture

@@ -22,7 +22,8 @@ import numpy as np
 from flax import serialization
 
 from resnext_jax.files import atomic_write
-from resnext_jax.model import ResNet
+from resnext_jax.layers import DOWNSAMPLES, STEMS
+from resnext_jax.model import BLOCKS, ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights.errors import WeightsError, WeightsFileError
 from resnext_jax.zoo import PretrainedCfg
@@ -52,7 +53,75 @@ def cfg_to_dict(cfg: PretrainedCfg) -> dict[str, Any]:
 
 
 def cfg_from_dict(values: Mapping[str, Any]) -> PretrainedCfg:
-    return PretrainedCfg(**{**values, "transform": Transform.from_dict(values["transform"])})
+    """The config a file records; anything but the fields' types is a ValueError."""
+    if not isinstance(values, dict) or not isinstance(values.get("transform"), dict):
+        raise ValueError("pretrained_cfg and its transform must be objects")
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    if set(values) - known:
+        raise ValueError(f"unknown fields {sorted(set(values) - known)}")
+    if not isinstance(values.get("name"), str) or not all(
+            isinstance(values.get(k), str | None) for k in ("hf_hub_id", "url", "origin")):
+        raise ValueError("name, hf_hub_id, url and origin must be strings")
+    if not isinstance(values.get("top1"), int | float | None) or not _is_int(
+            values.get("num_classes", 0)):
+        raise ValueError("top1 must be a number and num_classes an integer")
+    transform = values["transform"]
+    for key in ("mean", "std"):
+        if key in transform and not (isinstance(transform[key], list | tuple) and all(
+                isinstance(v, int | float) for v in transform[key])):
+            raise ValueError(f"transform.{key} must be a list of numbers")
+    return PretrainedCfg(**{**values, "transform": Transform.from_dict(transform)})
+
+
+# Bounds well above the zoo's largest architecture (SENet-154: stages of 3, 8, 36, 3 blocks,
+# 64 groups, widths up to 2048), so that a forged file cannot make the loader build a model
+# that takes minutes to trace or gigabytes to hold.
+_INT_BOUNDS = {"cardinality": (1, 256), "base_width": (1, 1024), "stem_width": (1, 1024),
+               "stem_features": (1, 2048), "num_classes": (0, 100_000), "in_chans": (1, 16)}
+_MAX_BLOCKS, _MAX_STAGES, _MAX_PLANES = 64, 6, 4096
+_CHOICES = {"block": BLOCKS, "stem": STEMS, "downsample": DOWNSAMPLES, "se": (None, "timm",
+                                                                             "legacy")}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_meta(meta: Any, source: str) -> None:
+    """A file's (or a workdir's ``model.json``) metadata as a schema, before anything is built:
+    every problem is one :class:`WeightsFileError` line naming the field."""
+    def fail(problem: str) -> None:
+        raise WeightsFileError(f"{source}: invalid metadata: {problem}; nothing was loaded")
+
+    if not isinstance(meta, dict):
+        fail(f"expected an object, got {type(meta).__name__}")
+    if not isinstance(meta.get("model_name"), str | None):
+        fail("model_name must be a string or null")
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict):
+        fail("architecture must be an object")
+    if set(arch) != set(ARCH_FIELDS):
+        fail(f"architecture fields {sorted(set(arch) ^ set(ARCH_FIELDS))} are unknown or "
+             "missing")
+    for field, (low, high) in _INT_BOUNDS.items():
+        if not _is_int(arch[field]) or not low <= arch[field] <= high:
+            fail(f"{field}={arch[field]!r} is not an integer in [{low}, {high}]")
+    for field, choices in _CHOICES.items():
+        if arch[field] not in choices:
+            fail(f"{field}={arch[field]!r} is not one of {choices}")
+    layers, planes = arch["layers"], arch["stage_planes"]
+    if not isinstance(layers, list) or not 1 <= len(layers) <= _MAX_STAGES or not all(
+            _is_int(d) and 1 <= d <= _MAX_BLOCKS for d in layers):
+        fail(f"layers={layers!r} must list 1-{_MAX_STAGES} stage depths in [1, {_MAX_BLOCKS}]")
+    if not isinstance(planes, list) or len(planes) != len(layers) or not all(
+            _is_int(p) and 1 <= p <= _MAX_PLANES for p in planes):
+        fail(f"stage_planes={planes!r} must give each stage a width in [1, {_MAX_PLANES}]")
+    cfg = meta.get("pretrained_cfg")
+    if cfg is not None:
+        try:
+            cfg_from_dict(cfg)
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            fail(f"pretrained_cfg: {str(err).splitlines()[0] if str(err) else err!r}")
 
 
 def model_from_meta(meta: Mapping[str, Any], **overrides: Any) -> ResNet:
@@ -96,9 +165,14 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     if digest != _digest(meta_bytes, payload):
         raise WeightsFileError(f"{path} is damaged: its contents do not match the sha256 "
                                "digest written with them; nothing was loaded")
-    meta = json.loads(meta_bytes)
-    if meta.get("format") != FORMAT:
-        raise WeightsFileError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(meta_bytes)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WeightsFileError(f"{path}: its metadata is not JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise WeightsFileError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    check_meta(meta, path)
     return meta, serialization.msgpack_restore(payload)
 
 
