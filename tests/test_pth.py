@@ -124,7 +124,7 @@ print("ok")
 
 
 def test_with_and_without_torch_the_same_arrays(tmp_path):
-    torch = pytest.importorskip("torch", reason="needs torch (not in CI)")
+    torch = pytest.importorskip("torch", reason="needs torch (.ci/run installs it)")
     del torch
     paths = []
     for kind, path in PTH.items():

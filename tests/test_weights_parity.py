@@ -67,8 +67,8 @@ def _randomise_bn(model: object, seed: int) -> None:
 
 @pytest.mark.parametrize("name", ["resnext50_32x4d", "seresnext50_32x4d"])
 def test_live_full_size_parity(name: str, tmp_path: object) -> None:
-    torch = pytest.importorskip("torch", reason="live parity needs torch (not in CI)")
-    timm = pytest.importorskip("timm", reason="live parity needs timm (not in CI)")
+    torch = pytest.importorskip("torch", reason="live parity needs torch (.ci/run installs it)")
+    timm = pytest.importorskip("timm", reason="live parity needs timm (.ci/run installs it)")
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
@@ -94,9 +94,9 @@ def test_live_full_size_parity(name: str, tmp_path: object) -> None:
 
 @pytest.mark.parametrize("name", sorted(MANIFEST["fixtures"]))
 def test_export_loads_strictly_into_the_reference(name: str, tmp_path: object) -> None:
-    torch = pytest.importorskip("torch", reason="needs torch (not in CI)")
-    pytest.importorskip("timm", reason="needs timm (not in CI)")
-    pytest.importorskip("torchvision", reason="needs torchvision (not in CI)")
+    torch = pytest.importorskip("torch", reason="needs torch (.ci/run installs it)")
+    pytest.importorskip("timm", reason="needs timm (.ci/run installs it)")
+    pytest.importorskip("torchvision", reason="needs torchvision (.ci/run installs it)")
     from make_weight_fixtures import FIXTURES as BUILDERS
     from safetensors.torch import load_file as load_torch
 
