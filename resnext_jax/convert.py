@@ -20,19 +20,20 @@ from collections.abc import Sequence
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from resnext_jax.errors import run_cli
+from resnext_jax.console import start_jax
+from resnext_jax.errors import OneLineParser, UsageError, non_negative_int, run_cli
 from resnext_jax.model import count_params
 from resnext_jax.weights import LAYOUTS, WeightsError, load, native, read_state_dict
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m resnext_jax.convert",
+    parser = OneLineParser(prog="python -m resnext_jax.convert",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="checkpoint file, Hub id, model or weight-set name, workdir")
     parser.add_argument("dst", help="output: .msgpack (Flax) or .safetensors (PyTorch layout)")
     parser.add_argument("--model", help="zoo model name (default: what the source says, or "
                         "the one model whose shapes the checkpoint fits)")
-    parser.add_argument("--num-classes", type=int, default=None,
+    parser.add_argument("--num-classes", type=non_negative_int, default=None,
                         help="build the model with this many classes; a different head in "
                         "the checkpoint is replaced by a new, randomly initialised one")
     parser.add_argument("--layout", choices=LAYOUTS, default=None,
@@ -57,6 +58,9 @@ def convert(args: argparse.Namespace) -> list[str]:
     """Run one conversion; the report lines."""
     if not args.dst.endswith((native.SUFFIX, ".safetensors")):
         raise WeightsError(f"{args.dst}: the output must end in .msgpack or .safetensors")
+    if os.path.isdir(args.dst):
+        raise UsageError(f"{args.dst} is a folder; give a file name ending in .msgpack or "
+                         ".safetensors")
     overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
     loaded = load(args.src, args.model, **overrides)
     cfg, report = loaded.cfg, loaded.report
@@ -90,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def run() -> int:
+        start_jax()
         lines = convert(args)
         print(f"resnext_jax.convert: {args.src} -> {args.dst}")
         print("\n".join("  " + line for line in lines))

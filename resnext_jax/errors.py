@@ -1,9 +1,11 @@
 """The project's own errors for requests that cannot be done as asked: the command lines
 answer them with their message alone (no traceback) and exit status 2."""
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class UsageError(ValueError):
@@ -21,3 +23,27 @@ def run_cli(prog: str, main: Callable[[], int]) -> int:
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line naming the problem, exit status 2 (argparse's
+    own prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value

@@ -16,7 +16,6 @@ jax2onnx (optional; README "Serving" says how to install it) from ``lowering="po
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.metadata
 import json
@@ -30,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnext_jax.errors import UsageError, run_cli
+from resnext_jax.console import start_jax
+from resnext_jax.errors import OneLineParser, UsageError, positive_int, run_cli
 from resnext_jax.files import atomic_write
 from resnext_jax.weights import Pretrained, load
 
@@ -52,6 +52,10 @@ def export(pretrained: Pretrained, out_dir: str | os.PathLike, *, output: str = 
                                    features_only=output == "features")
     if output == "logits" and (model.num_classes == 0):
         raise UsageError("this model has no classifier head: export output='pre_logits'")
+    if image_size is not None and image_size < 1:
+        raise UsageError(f"image_size={image_size}: give a positive size")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"{out_dir} is a file; give a folder for the exported program")
     size = image_size or pretrained.transform.size
     variables = jax.tree_util.tree_map(jnp.asarray, pretrained.variables)
 
@@ -135,18 +139,19 @@ def load_exported(out_dir: str | os.PathLike) -> tuple[Callable[[Any], Any], dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnext_jax.export",
+    parser = OneLineParser(prog="python -m resnext_jax.export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("weights", help="anything resnext_jax.load reads")
     parser.add_argument("out_dir", help="folder for model.stablehlo (or .onnx) and model.json")
     parser.add_argument("--model", help="zoo name, when the weights do not say")
     parser.add_argument("--output", choices=OUTPUTS, default="logits")
-    parser.add_argument("--image-size", type=int, help="default: the weights' own")
+    parser.add_argument("--image-size", type=positive_int, help="default: the weights' own")
     parser.add_argument("--format", choices=FORMATS, default="stablehlo",
                         help="onnx needs jax2onnx (README \"Serving\" says how to install it)")
     args = parser.parse_args(argv)
 
     def run() -> int:
+        start_jax()
         spec = export(load(args.weights, args.model), args.out_dir, output=args.output,
                       image_size=args.image_size, format=args.format)
         name = ONNX if args.format == "onnx" else PROGRAM

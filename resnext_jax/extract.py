@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from resnext_jax.digest import tree_digest
-from resnext_jax.errors import UsageError, run_cli
+from resnext_jax.errors import (
+    OneLineParser,
+    UsageError,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 from resnext_jax.files import atomic_write
 from resnext_jax.ops import resolve_dtype
 from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
@@ -281,7 +287,10 @@ def _transform_for(args: argparse.Namespace, model: Any) -> Transform:
               "--mean and --std change it", file=sys.stderr)
     base = base or Transform(channels=model.in_chans,
                              **({"mean": (0.5,), "std": (0.5,)} if model.in_chans == 1 else {}))
-    return dataclasses.replace(base, **overrides)
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ValueError as err:  # the transform's own check, e.g. a mean above 1
+        raise UsageError(f"{err} (--input-size, --crop-pct, --mean, --std)") from None
 
 
 def _label_names(path: str | None, num_classes: int) -> list[str]:
@@ -301,7 +310,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m resnext_jax.extract", description=__doc__,
+    p = OneLineParser(prog="python -m resnext_jax.extract", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--model", help="zoo name (resnext_jax.list_models()); optional when the "
@@ -314,15 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default="pre_logits",
                    help="what to save: pre_logits (pooled, default), logits, stem, or a "
                    "stage's maps (layer1 ... as the model's feature_info names them)")
-    p.add_argument("--topk", type=int, default=0, metavar="K",
+    p.add_argument("--topk", type=non_negative_int, default=0, metavar="K",
                    help="print the K most likely classes of each image")
     p.add_argument("--labels", help="class names, one a line (default: ImageNet for 1000 "
                    "classes, else class indices)")
-    p.add_argument("--num-classes", type=int, help="head size, when the weights' differs "
-                   "from the model's default")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=4, help="image-decoding threads")
-    p.add_argument("--input-size", type=int, help="override the crop size")
+    p.add_argument("--num-classes", type=non_negative_int,
+                   help="head size, when the weights' differs from the model's default")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=positive_int, default=4, help="image-decoding threads")
+    p.add_argument("--input-size", type=positive_int, help="override the crop size")
     p.add_argument("--crop-pct", type=float, help="override the crop fraction")
     p.add_argument("--interpolation", choices=INTERPOLATIONS)
     p.add_argument("--mean", type=_floats, help="per channel, comma-separated, on the 0-1 "
@@ -343,6 +352,9 @@ def _main(args: argparse.Namespace) -> int:
     import jax
 
     import resnext_jax as rx
+    from resnext_jax.console import start_jax
+
+    start_jax()
 
     overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
     if args.pretrained in ("True", "true"):

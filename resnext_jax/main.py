@@ -20,7 +20,6 @@ checkpoint that cannot be written) in one line with status 1. ``--verbose`` (or
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -30,7 +29,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 
 # Before TensorFlow is first imported: its C++ INFO / WARNING lines, not errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +38,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from resnext_jax.console import KNOWN_NOTICES, filtered_native_stderr  # noqa: E402
 from resnext_jax.errors import UsageError  # noqa: E402
 from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
 from resnext_jax.workdir import FINAL_WEIGHTS  # noqa: E402
@@ -65,22 +64,12 @@ flags.DEFINE_string("report", None, "--mode=compile: also write the report as JS
 flags.DEFINE_bool("verbose", False, "tracebacks and the libraries' logs")
 
 USAGE = "python -m resnext_jax.main --config=NAME --workdir=DIR [--config.KEY=VALUE ...]"
-# Lines that libraries print at start-up and that look like failures but are not.
-_KNOWN_NOTICES = re.compile(r"oneDNN custom operations are on|All log messages before "
-                            r"absl::InitializeLog|cpu_feature_guard|rebuild TensorFlow with "
-                            r"the appropriate compiler flags|Unable to initialize backend|"
-                            r"has no dataset_info\.json|Metadata file does not exist|"
-                            # libtpu on a host without a TPU (compiling ahead of time)
-                            r"TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|Logging before "
-                            r"InitGoogle|Source Location Trace|libtpu_init_utils")
-
-
 class _Quiet(logging.Filter):
     """orbax logs every step of every save, and warns about read-only managers that eval
     asks for; its failures reach us as exceptions. Known start-up notices are not news."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _KNOWN_NOTICES.search(record.getMessage()):
+        if KNOWN_NOTICES.search(record.getMessage()):
             return False
         return record.levelno >= logging.ERROR or "/orbax/" not in record.pathname
 
@@ -98,25 +87,6 @@ def _stop(signum, frame) -> None:
 
 def _verbose() -> bool:
     return FLAGS.verbose or os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0")
-
-
-@contextlib.contextmanager
-def _filtered_native_stderr() -> Iterator[None]:
-    """Native libraries (TensorFlow's C++) print notices straight to file descriptor 2 while
-    they load; keep those we know, pass everything else through."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not _KNOWN_NOTICES.search(line):
-                    sys.stderr.write(line)
 
 
 def main(argv: list[str]) -> None:
@@ -149,9 +119,10 @@ def _main() -> None:
             get_entry(FLAGS.config.model.name)
     except UsageError as e:
         _fail(e, 2)
-    with _filtered_native_stderr():
+    with filtered_native_stderr():
         from resnext_jax import train  # after initialize(): the backend starts here
         from resnext_jax.data import DatasetNotFoundError
+        jax.devices()
     main_process = jax.process_index() == 0
     if main_process:
         print(f"resnext_jax: {FLAGS.mode} {FLAGS.config.model.name or 'the weights model'} "
@@ -184,7 +155,7 @@ def _compile() -> None:
             raise UsageError("--mode=compile needs --topology, e.g. --topology=v4-32 "
                              f"(known: {', '.join(aot.TOPOLOGIES)})")
         get_entry(FLAGS.config.model.name)
-        with _filtered_native_stderr():  # libtpu's notices on a host without a TPU
+        with filtered_native_stderr():  # libtpu's notices on a host without a TPU
             aot.topology_devices(FLAGS.topology, FLAGS.num_slices)
         print(f"resnext_jax: compiling the train and eval steps of {FLAGS.config.model.name} "
               f"for {FLAGS.topology} (minutes on a small host)", file=sys.stderr, flush=True)

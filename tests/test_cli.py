@@ -53,6 +53,8 @@ MAIN_MISTAKES = {
                            "--config.grad_accum_steps=2"], ["batch_size=13", "multiple of 2"]),
     "workdir where nothing may be written": (["--config=digits", "--workdir=/sys/run"],
                                              ["cannot be written"]),
+    "zero batch": (["--config=digits", "--config.batch_size=0"],
+                   ["batch_size=0 must be positive"]),
 }
 
 
@@ -79,6 +81,49 @@ def test_extract_and_convert_mistakes(tmp_path):
                          "--topk", "1"), 2, "no such file or folder")
     _one_line_error(_cli("convert", str(tmp_path / "missing.pth"), "x.msgpack"), 2,
                     "no such file")
+
+
+TOOL_MISTAKES = {  # (module, args, words): each one line, exit 2, nothing created
+    "convert to a folder": ("convert", ["{w}", "{tmp}/out.msgpack"], ["is a folder"]),
+    "convert negative classes": ("convert", ["{w}", "{tmp}/x.msgpack", "--num-classes", "-3"],
+                                 ["--num-classes: -3 is negative"]),
+    "export into a file": ("export", ["{w}", "{tmp}/file.txt"], ["is a file"]),
+    "export negative size": ("export", ["{w}", "{tmp}/e", "--image-size", "-7"],
+                             ["--image-size: -7 is not a positive integer"]),
+    "export zero size": ("export", ["{w}", "{tmp}/e", "--image-size", "0"],
+                         ["--image-size: 0 is not a positive integer"]),
+    "extract zero batch": ("extract", ["{tmp}", "--model", "tiny_resnext", "--out",
+                                       "{tmp}/f.npz", "--batch-size", "0"],
+                           ["--batch-size: 0 is not a positive integer"]),
+    "extract negative batch": ("extract", ["{tmp}", "--model", "tiny_resnext", "--out",
+                                           "{tmp}/f.npz", "--batch-size", "-4"], ["-4"]),
+    "extract no workers": ("extract", ["{tmp}", "--model", "tiny_resnext", "--out",
+                                       "{tmp}/f.npz", "--workers", "0"], ["--workers"]),
+    "extract zero input": ("extract", ["{tmp}", "--model", "tiny_resnext", "--out",
+                                       "{tmp}/f.npz", "--input-size", "0"], ["--input-size"]),
+    "extract mean above 1": ("extract", ["{tmp}", "--model", "tiny_resnext", "--out",
+                                         "{tmp}/f.npz", "--mean", "2,2,2"], ["0-1 scale"]),
+    "unknown flag": ("convert", ["{w}", "{tmp}/x.msgpack", "--bogus"],
+                     ["unrecognized arguments: --bogus", "see --help"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOOL_MISTAKES))
+def test_tool_mistakes_are_one_line_and_create_nothing(case, tmp_path):
+    module, args, words = TOOL_MISTAKES[case]
+    (tmp_path / "out.msgpack").mkdir()
+    (tmp_path / "file.txt").write_text("not a folder")
+    weights = tmp_path / "w.msgpack"
+    rx_code = ("import jax, jax.numpy as jnp, resnext_jax as rx, sys; "
+               "m = rx.create_model('tiny_resnext'); "
+               "v = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3))); "
+               "rx.Pretrained.from_variables(m, v).save(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", rx_code, str(weights)], check=True, env=_env(),
+                   capture_output=True)
+    before = sorted(os.listdir(tmp_path))
+    args = [a.format(tmp=tmp_path, w=weights) for a in args]
+    _one_line_error(_cli(module, *args), 2, *words)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing created (no .parts, no output)
 
 
 def test_an_unreachable_hub_is_one_line_in_seconds(tmp_path):
