@@ -7,8 +7,9 @@
 Images of any size and format Pillow reads are resized and cropped as the weights were
 evaluated (their pretrained config), batched at one fixed shape (the last batch is padded, so
 ``jit`` compiles once) and written to ``.npz`` (``features``, ``files``, ``skipped``) or
-``.npy`` plus ``<out>.files.txt``. Results go to ``<out>.parts/`` in atomically written chunks
-first: a run that is interrupted and started again with the same command resumes from them.
+``.npy`` plus ``<out>.files.jsonl`` (a JSON string a line, row for row). Results go to
+``<out>.parts/`` in atomically written chunks first: a run that is interrupted and started
+again with the same command resumes from them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or folder: {item}")
     return files
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def imagenet_labels() -> list[str]:
@@ -123,7 +132,9 @@ def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: in
             return load_image(path, pre)
         except ImageError as err:
             report(path, str(err))
-            return None
+        except Exception as err:  # noqa: BLE001 - one bad file never costs the others
+            report(path, f"{path}: {type(err).__name__}: {err}")
+        return None
 
     images, names = [], []
     pending: collections.deque = collections.deque()
@@ -153,7 +164,7 @@ def fingerprint(files: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(path) + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -269,9 +280,11 @@ def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str])
                                               **results))
         return
     atomic_write(out, lambda f: np.save(f, results["features"]))
-    index = out.with_name(out.name.removesuffix(".npy") + ".files.txt")
-    atomic_write(index, lambda f: f.write("".join(n + "\n" for n in results["files"])
-                                           .encode()))
+    # One JSON string a line: a name with a newline, or bytes that are not UTF-8 (escaped
+    # as \udcXX), still takes exactly one line, row for row with the features.
+    index = out.with_name(out.name.removesuffix(".npy") + ".files.jsonl")
+    atomic_write(index, lambda f: f.write("".join(json.dumps(str(n)) + "\n"
+                                                  for n in results["files"]).encode()))
 
 
 def _transform_for(args: argparse.Namespace, model: Any) -> Transform:
@@ -383,6 +396,11 @@ def _main(args: argparse.Namespace) -> int:
                                                                                strict=True)))
 
     files = list_images(args.inputs)
+    odd = [f for f in files if not _utf8(str(f))]
+    if odd:
+        print(f"note: {len(odd)} file name(s) are not valid UTF-8 (e.g. {str(odd[0])!r}); "
+              "they are recorded with the undecodable bytes escaped as \\udcXX",
+              file=sys.stderr)
     settings = {"model": args.model, "pretrained": args.pretrained,
                 "num_classes": model.num_classes}
     with tempfile.TemporaryDirectory() as tmp:  # top-k only: the results are not kept

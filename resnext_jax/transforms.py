@@ -108,11 +108,22 @@ def load_image(path: str | os.PathLike, transform: Transform) -> np.ndarray:
                           "'resnext_jax[tools]'") from err
     try:
         with Image.open(path) as image:
+            new_h, new_w = transform.resized_shape(image.size[1], image.size[0])
+            if new_h * new_w > MAX_RESIZED_PIXELS:  # before decoding anything
+                raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} image is too "
+                                 f"elongated to resize for a {transform.size} crop")
             image = ImageOps.exif_transpose(image)
             image = _to_8bit(image, transform.channels)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, ImageError):
+            raise
         raise ImageError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
     return transform.normalize(render(image, transform))
+
+
+# The resize before the center crop scales the shorter side to about the crop: an image far
+# longer than wide would become billions of pixels (Pillow's own limit is on the input).
+MAX_RESIZED_PIXELS = 2**26
 
 
 def _to_8bit(image: Any, channels: int) -> Any:

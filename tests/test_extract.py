@@ -1,6 +1,8 @@
 """resnext_jax.extract: image reading, preprocessing, batching, resumable output, top-k."""
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -151,8 +153,37 @@ def test_stage_maps_to_npy_with_index(images, weights, tmp_path):
              "layer3", "--input-size", str(SIZE), "--no-progress"])
     maps = np.load(out)
     assert maps.shape == (2, SIZE // 16, SIZE // 16, 256)
-    assert (tmp_path / "maps.files.txt").read_text().splitlines() == [
+    index = (tmp_path / "maps.files.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in index] == [
         str(images / "a.png"), str(images / "sub" / "e.webp")]
+
+
+def test_any_file_name_and_a_bad_image_never_cost_the_others(weights, tmp_path, capsys):
+    """Names that are not UTF-8 or hold a newline keep their rows; an image too elongated
+    to resize (under Pillow's bomb limit) is skipped, not fatal, and leaves no .parts."""
+    from PIL import Image
+
+    _, _, path = weights
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [b"plain.png", b"new\nline.png", b"latin1-\xe9.png"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+            os.path.join(os.fsencode(folder), name), format="PNG")
+    Image.new("L", (80_000_000 // 1000, 1)).resize((2_000_000, 1)).save(folder / "long.png")
+    out = tmp_path / "f.npy"
+    assert ex.main(["--model", "tiny_seresnext", "--num-classes", "1000", "--pretrained",
+                    str(path), str(folder), "--out", str(out), "--input-size", str(SIZE),
+                    "--no-progress"]) == 0
+    features = np.load(out)
+    rows = [json.loads(line) for line in (tmp_path / "f.files.jsonl").read_text().splitlines()]
+    assert len(rows) == features.shape[0] == 3
+    assert sorted(os.fsencode(r) for r in rows) == sorted(
+        os.path.join(os.fsencode(folder), n) for n in names)
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err and "too elongated" in err
+    assert not (tmp_path / "f.npy.parts").exists()
 
 
 def test_interrupted_run_resumes_from_its_chunks(images, weights, tmp_path, monkeypatch):
