@@ -89,4 +89,6 @@ def test_cli_hub_weight_set_keeps_its_transform(tmp_path: object,
     assert "model:    seresnext26t_32x4d, 16,806,976 parameters" in report
     assert "transform: 224x224 crop, crop_pct 0.8750, bicubic" in report
     assert native.read(out)[0]["pretrained_cfg"]["name"] == "seresnext26t_32x4d.bt_in1k"
-    assert rx.load(out).transform == rx.get_pretrained_cfg("seresnext26t_32x4d").transform
+    again = rx.load(out)  # the file's own transform; its claim to be the set is not kept
+    assert again.transform == rx.get_pretrained_cfg("seresnext26t_32x4d").transform
+    assert again.cfg.name == "seresnext26t_32x4d" and again.cfg.hf_hub_id is None

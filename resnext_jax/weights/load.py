@@ -309,8 +309,10 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
     cfg = model.pretrained_cfg
     if cfg is None or zoo.is_published(cfg):
         # A file's claim to be a published set cannot be checked: only loading the set by
-        # its name or Hub id attaches its name and accuracy.
-        cfg = zoo.unpublished_cfg(file_name or os.path.basename(path), path, num_classes)
+        # its name or Hub id attaches its name and accuracy. The transform it records is the
+        # one in use.
+        cfg = zoo.unpublished_cfg(file_name or os.path.basename(path), path, num_classes,
+                                  cfg.transform if cfg else None)
     report = LoadReport(path, f"resnext_jax ({file_name or 'unnamed'})",
                         loaded=len(jax.tree_util.tree_leaves(saved)))
     return _finish(model, variables, cfg, report, fresh, rng)
