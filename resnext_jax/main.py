@@ -58,8 +58,8 @@ flags.DEFINE_integer("num_processes", None, "--distributed: number of processes"
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
 flags.DEFINE_string("topology", None, "--mode=compile: a TPU slice, e.g. v4-32, v5e-256")
 flags.DEFINE_integer("num_slices", 1, "--mode=compile: slices of --topology (multislice)")
-flags.DEFINE_bool("max_batch", False, "--mode=compile: also find the largest per-chip batch "
-                  "that fits, by compiling")
+flags.DEFINE_integer("max_batch", 0, "--mode=compile: also find the largest per-chip batch "
+                     "that fits, by compiling powers of two up to this")
 flags.DEFINE_string("report", None, "--mode=compile: also write the report as JSON here")
 flags.DEFINE_bool("verbose", False, "tracebacks and the libraries' logs")
 
@@ -166,8 +166,10 @@ def _compile() -> None:
                 json.dump(dataclasses.asdict(report), f, indent=2)
         aot.check_fits(report)
         if FLAGS.max_batch:
-            best, _ = aot.max_batch_per_chip(FLAGS.config, FLAGS.topology, FLAGS.num_slices)
-            print(f"largest per-chip batch that fits (powers of two): {best or 'none'}")
+            best, _ = aot.max_batch_per_chip(FLAGS.config, FLAGS.topology, FLAGS.num_slices,
+                                             limit=FLAGS.max_batch)
+            print(f"largest per-chip batch that fits (powers of two up to {FLAGS.max_batch}): "
+                  f"{best or 'none'}")
     except UsageError as e:
         _fail(e, 2)
 

@@ -101,16 +101,25 @@ def test_command_reports_per_chip_need(tmp_path):
     assert saved["chips"] == 4 and saved["train"]["temp_bytes"] > 0
 
 
+def test_max_batch_compiles_powers_of_two():
+    _needs_libtpu()
+    done = _compile_cli("--topology=v5e-4", "--config.data.image_size=32",
+                        "--config.batch_size=16", "--config.eval_batch_size=16",
+                        "--max_batch=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "largest per-chip batch that fits (powers of two up to 4): 4" in done.stdout
+
+
 def test_batch_too_large_for_v5e_is_one_line():
     _needs_libtpu()
     done = _compile_cli("--topology=v5e-4", "--config.data.image_size=224",
-                        "--config.batch_size=16384", "--config.eval_batch_size=16384")
+                        "--config.batch_size=32768", "--config.eval_batch_size=32768")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr[-3000:]
-    for words in ("4096 images a chip", "against 16 GiB a chip", "grad_accum_steps",
-                  "model.remat"):
+    for words in ("8192 images a chip need", "GiB of HBM", "usable of 16 GiB a chip",
+                  "grad_accum_steps", "model.remat"):
         assert words in errors[0], errors[0]
 
 

@@ -12,7 +12,9 @@ its HLO shows what each chip computes and moves (:mod:`resnext_jax.hlo`).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 import re
 import time
 from typing import Any
@@ -91,14 +93,19 @@ def topology_devices(name: str, num_slices: int = 1) -> list[jax.Device]:
     t = get_topology(name)
     if num_slices < 1:
         raise UsageError(f"--num_slices={num_slices}: give 1 or more")
+    if importlib.util.find_spec("libtpu") is None:
+        raise UsageError("compiling for a TPU needs libtpu: pip install 'resnext_jax[tpu]' "
+                         "(it matches the installed jax)")
+    # Compiling opens no chip, so several compiles may share the host: libtpu's lockfile,
+    # which keeps two processes off one TPU, does not apply.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=t.topology_name, chip_config_name=t.chip_config_name,
             chips_per_host_bounds=t.chips_per_host_bounds, num_slices=num_slices)
-    except Exception as err:  # noqa: BLE001 - no libtpu, or one that lacks this chip
-        raise UsageError(f"cannot describe TPU topology {name}: {_first_line(err)}; install "
-                         "libtpu with pip install 'resnext_jax[tpu]' (it matches the installed "
-                         "jax)") from None
+    except Exception as err:  # noqa: BLE001 - libtpu's own errors, as one line
+        raise UsageError(f"libtpu cannot describe TPU topology {name}: "
+                         f"{_first_line(err)}") from None
     return list(desc.devices)
 
 
@@ -199,14 +206,22 @@ def _refusal(err: Exception, config: ConfigDict, step: str, chips: int,
              hbm_gib: float) -> UsageError:
     """The TPU compiler's refusal as one line: per-chip need against capacity and the knobs."""
     text = str(err)
-    used = re.search(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", text)
+    # e.g. "the total memory required for HLO temporaries (26.81G) exceeds available HBM
+    # (15.75G)": the compiler's own figures when it has them.
+    found = re.search(r"required for ([\w ]+?) \(([\d.]+)([KMGT])\) exceeds available HBM "
+                      r"\(([\d.]+)([KMGT])\)", text)
     per_chip = config.batch_size // chips
-    if used or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-        need = f"{used.group(1)}{used.group(2)}iB" if used else "more than it has"
+    if found:
+        what, need, unit, usable, usable_unit = found.groups()
         return DoesNotFitError(
-            f"the {step} step does not fit: {per_chip} images a chip need {need} of HBM "
-            f"against {hbm_gib:g} GiB a chip; {_KNOBS}")
-    return UsageError(f"the TPU compiler refused the {step} step: {_first_line(err)}")
+            f"the {step} step does not fit: {per_chip} images a chip need {need} {unit}iB of "
+            f"HBM for {what} against {usable} {usable_unit}iB usable of {hbm_gib:g} GiB a "
+            f"chip; {_KNOBS}")
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return DoesNotFitError(
+            f"the {step} step does not fit: {per_chip} images a chip need more HBM than the "
+            f"{hbm_gib:g} GiB a chip has ({_first_line(err)[:200]}); {_KNOBS}")
+    return UsageError(f"the TPU compiler refused the {step} step: {_first_line(err)[:300]}")
 
 
 def _first_line(err: BaseException) -> str:
