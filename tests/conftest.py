@@ -1,7 +1,13 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+
+# torchvision (the parity tests import it through timm) imports triton through torch._dynamo;
+# triton's LLVM and TensorFlow's, loaded in one process, crash it (a segmentation fault, seen
+# with torch 2.14.1 and TensorFlow 2.21). Triton compiles GPU kernels, which no test uses.
+sys.modules.setdefault("triton", None)
 
 # Tests run on the CPU even where an accelerator is present, and keep TensorFlow quiet.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

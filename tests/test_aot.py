@@ -127,3 +127,23 @@ def test_unknown_topology_on_the_command_line():
     done = _compile_cli("--topology=v9-8")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "unknown TPU topology 'v9-8'; known: v4-8" in done.stderr
+
+
+def test_parallel_apply_compiles_for_a_tpu_mesh_with_the_tpu_choices():
+    """Inference over a TPU slice (extract uses this): 'auto' lowering and dtype resolve for
+    the TPU, and no chip gathers the batch."""
+    _needs_libtpu()
+    import jax
+    import jax.numpy as jnp
+
+    import resnext_jax as rx
+    from resnext_jax import hlo
+
+    model = rx.create_model("tiny_seresnext", dtype="auto")
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    apply = rx.parallel_apply(model, aot.topology_devices("v5e-4"))
+    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+    compiled = apply.lower(variables, images).compile()
+    kinds = {c.kind for c in hlo.collectives(compiled.as_text())}
+    assert "all-gather" not in kinds
+    assert "bf16[" in compiled.as_text()  # computed in bfloat16, the TPU's "auto"

@@ -196,3 +196,16 @@ def test_a_workdir_model_json_is_checked_before_anything_is_built(tmp_path, text
     with pytest.raises(WeightsFileError) as err:
         rx.load(workdir)
     assert "model.json" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "is not JSON"), ("[1, 2]", "holds a list"),
+    ('{"batchsize": 3}', "unknown key batchsize"), ('{"model": 3}', "must be an object"),
+    ('{"batch_size": "many"}', "config.json"), ('{"optimizer": {"nam": "sgd"}}', "optimizer.nam"),
+])
+def test_a_workdir_config_json_is_checked_in_one_line(text, says):
+    from resnext_jax.train import config_from_json
+
+    with pytest.raises(UsageError, match=says) as err:
+        config_from_json(text)
+    assert "\n" not in str(err.value)

@@ -129,18 +129,30 @@ def default_config() -> Config:
     return c
 
 
-def config_from_json(text: str) -> ml_collections.ConfigDict:
+def config_from_json(text: str, source: str = "config.json") -> Config:
     """The config a run wrote to its workdir's ``config.json``, on top of the defaults
-    (JSON lists become tuples)."""
+    (JSON lists become tuples). A file that is not such a config is one UsageError line."""
+    try:
+        values = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"{source} is not JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{source} holds a {type(values).__name__}, not a config")
     config = default_config()
-    _update(config, json.loads(text), "")
+    try:
+        _update(config, values, "")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UsageError(f"{source}: {str(err).splitlines()[0][:300]}") from None
     return config
 
 
 def _update(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
     for key, value in values.items():
         if key not in config:
-            raise KeyError(f"config.json: unknown key {prefix}{key}")
+            raise KeyError(f"unknown key {prefix}{key}")
+        section = isinstance(config[key], ml_collections.ConfigDict)
+        if isinstance(value, dict) != section:
+            raise TypeError(f"{prefix}{key} must {'' if section else 'not '}be an object")
         if isinstance(value, dict):
             _update(config[key], value, f"{prefix}{key}.")
         else:

@@ -185,7 +185,7 @@ def restore(workdir: str | os.PathLike, step: int | None = None
     ``config.json`` it wrote, without training data), the state of checkpoint ``step`` (the
     newest readable one by default) and that step. Close the trainer when done."""
     with tf.io.gfile.GFile(os.path.join(os.fspath(workdir), "config.json")) as f:
-        config = config_from_json(f.read())
+        config = config_from_json(f.read(), os.path.join(os.fspath(workdir), "config.json"))
     trainer = build(config, workdir, train=False)
     restored = trainer.restore(step)
     if restored is None:
