@@ -62,6 +62,13 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def _platform() -> str:
+    """Where extraction runs (this process's devices): what "auto" dtypes resolve for."""
+    import jax
+
+    return jax.local_devices()[0].platform
+
+
 def _utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -229,7 +236,7 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
     store = ChunkStore(out, {**(settings or {}), "layer": layer, "k": k,
                              "inputs": fingerprint(files), "weights": tree_digest(variables),
                              "model": {**architecture(model), "global_pool": model.global_pool,
-                                       "dtype": str(resolve_dtype(model.dtype, forward.platform))},
+                                       "dtype": str(resolve_dtype(model.dtype, _platform()))},
                              "preprocess": dataclasses.asdict(pre)})
     done = store.done()
     todo = [f for f in files if str(f) not in done]

@@ -40,7 +40,8 @@ _TRANSIENT_CODES = ("PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
 def weights_of(state: Any) -> dict[str, Any]:
     """The weights a load of the workdir returns: the moving average when the run keeps one,
     else the parameters and BatchNorm statistics."""
-    return state.ema or {"params": state.params, "batch_stats": state.batch_stats}
+    return getattr(state, "ema", None) or {"params": state.params,
+                                           "batch_stats": getattr(state, "batch_stats", {})}
 
 
 class CheckpointError(RuntimeError):

@@ -31,7 +31,12 @@ from tqdm import tqdm
 from resnext_jax import data
 from resnext_jax.errors import UsageError
 from resnext_jax.ops import huge_pages_hint
-from resnext_jax.train.builders import build_steps, make_mesh, model_from_config
+from resnext_jax.train.builders import (
+    build_steps,
+    check_divisible,
+    make_mesh,
+    model_from_config,
+)
 from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
@@ -72,6 +77,9 @@ class Trainer:
         workdir = os.fspath(workdir)
         self.config, self.workdir = config, workdir
         mesh = make_mesh()
+        # Before the data is opened: a batch the devices cannot share is a usage error.
+        check_divisible("batch_size", config.batch_size, mesh.size, config.grad_accum_steps)
+        check_divisible("eval_batch_size", config.eval_batch_size, mesh.size)
         d, n = config.data, jax.process_count()
         if d.name == "synthetic":
             self.num_classes = config.model.num_classes or get_entry(
