@@ -44,9 +44,10 @@ def step_rows(names: list[str], per_device_batch: int, image_size: int = 224,
 
     import resnext_jax as rx
     from resnext_jax import hlo
+    from resnext_jax.ops import DATA_AXIS
     from resnext_jax.train import default_config
     from resnext_jax.train.optim import create_optimizer, create_schedule
-    from resnext_jax.train.steps import DATA_AXIS, create_state, make_train_step
+    from resnext_jax.train.steps import create_state, make_train_step
 
     devices = jax.device_count()
     mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))

@@ -14,7 +14,8 @@ import optax
 from jax.sharding import Mesh
 
 import resnext_jax as rx
-from resnext_jax.train.steps import DATA_AXIS, TrainState, create_state, make_train_step
+from resnext_jax.ops import DATA_AXIS
+from resnext_jax.train.steps import TrainState, create_state, make_train_step
 
 WARMUP = 2  # untimed calls first: a first call can still allocate or pick kernels
 

@@ -16,9 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resnext_jax.ops import compiler_options
-
-DATA_AXIS = "data"
+from resnext_jax.ops import DATA_AXIS, compiler_options
 
 
 class ParallelApply:

@@ -55,6 +55,7 @@ print("flatbuffers" in BLOCKED, "tensorflow" in BLOCKED)
 """
 
 
+@pytest.mark.e2e  # a fresh process
 def test_core_loads_runs_and_exports_without_the_extras(tmp_path):
     """Everything outside the core's requirements is blocked, including what other extras
     brought into this environment (flatbuffers came with TensorFlow)."""

@@ -20,8 +20,8 @@ from resnext_jax.ops.compiler import (
 )
 from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
 from resnext_jax.ops.pool import avg_pool_ceil, max_pool
-from resnext_jax.ops.sharding import AxisName, manual
+from resnext_jax.ops.sharding import DATA_AXIS, AxisName, manual
 
-__all__ = ["LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",
+__all__ = ["DATA_AXIS", "LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",
            "fastest_dtype", "huge_pages_hint", "manual", "max_pool", "reexec_with_huge_pages",
            "resolve", "resolve_dtype", "target_platform"]

@@ -31,6 +31,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 AxisName = str | tuple[str, ...]
+DATA_AXIS = "data"  # the mesh axis that splits every batch (trainer, parallel_apply)
 
 
 def _axes(axis: AxisName) -> tuple[str, ...]:

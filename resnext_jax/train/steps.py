@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from resnext_jax.ops import DATA_AXIS
 from resnext_jax.train.mixing import Mixing, mix
 
-DATA_AXIS = "data"  # the mesh axis that splits every batch
 _MIXING_STREAM = 0x6D6978  # folded into the step's key for Mixup / CutMix draws
 
 

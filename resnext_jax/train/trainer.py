@@ -372,7 +372,7 @@ def _check_finite(metrics: dict, step: int, ckpt: Checkpointer) -> dict:
     metrics = jax.device_get(metrics)
     if not metrics.pop("finite"):
         ckpt.wait()
-        kept = sorted(ckpt.manager.all_steps())
+        kept = ckpt.steps()
         raise NonFiniteLossError(
             f"loss or gradient became NaN/Inf at step {step} (loss {metrics['loss']}); "
             f"stopped without saving. Last good checkpoint: "
