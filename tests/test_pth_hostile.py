@@ -185,7 +185,9 @@ def test_torch_saved_files_read_the_same_with_and_without_torch(tmp_path, monkey
     from resnext_jax.weights import read_state_dict
 
     want = {"a.weight": torch.arange(12.0).reshape(3, 4), "a.bias": torch.ones(3),
-            "b.running_var": torch.full((2,), 2.0)}
+            "b.running_var": torch.full((2,), 2.0),
+            # a strided view of a 4 MiB storage: a copy, within 2x the file's size
+            "c.weight": torch.arange(2.0**20).reshape(1024, 1024).t()}
     for protocol in (1, 2, 3, 4, 5):
         for legacy in (False, True):
             path = tmp_path / f"p{protocol}{'l' if legacy else 'z'}.pth"

@@ -443,10 +443,12 @@ def _short(value: Any) -> str:
     return type(value).__name__
 
 
-def _load_pickle(data: bytes, storages: Any, budget: _Budget | None = None) -> Any:
+def _load_pickle(data: bytes, storages: Any, file_bytes: int = 0) -> Any:
+    """Unpickle ``data`` (checked first); tensor copies may take ``_Budget(file_bytes)``, the
+    size of the whole file the pickle came from."""
     _check_pickle(data)
     try:
-        return _Unpickler(data, storages, budget or _Budget(len(data))).load()
+        return _Unpickler(data, storages, _Budget(file_bytes)).load()
     except WeightsFileError:
         raise
     except Exception as err:  # noqa: BLE001 - a damaged pickle raises many types
@@ -502,7 +504,7 @@ def _read_zip(data: bytes) -> Any:
                            f"elements of {dtype}")
         return _Storage(np.frombuffer(read(name), dtype))
 
-    return _load_pickle(read(f"{prefix}/data.pkl"), storage)
+    return _load_pickle(read(f"{prefix}/data.pkl"), storage, len(data))
 
 
 def _check_one_archive(data: bytes, infos: list[zipfile.ZipInfo]) -> None:
@@ -569,7 +571,7 @@ def _read_legacy(data: bytes) -> Any:
         pos += 8 + size
     if pos != len(data):
         raise WeightsFileError(f"{len(data) - pos} bytes after the last storage")
-    return _load_pickle(obj, lambda pid: arrays[pid[2]])
+    return _load_pickle(obj, lambda pid: arrays[pid[2]], len(data))
 
 
 def _no_storage(pid: Any) -> None:
