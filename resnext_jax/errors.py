@@ -13,13 +13,18 @@ class UsageError(ValueError):
     names the problem and what to change."""
 
 
+def verbose() -> bool:
+    """``RESNEXT_VERBOSE=1``: tracebacks and the libraries' own logs on the console."""
+    return os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0")
+
+
 def run_cli(prog: str, main: Callable[[], int]) -> int:
     """``main()``, with a usage error (or a missing file) answered in one line on stderr and
     exit status 2; ``RESNEXT_VERBOSE=1`` shows the traceback instead."""
     try:
         return main()
     except (UsageError, FileNotFoundError) as err:
-        if os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0"):
+        if verbose():
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnext_jax.console import start_jax
-from resnext_jax.errors import OneLineParser, UsageError, positive_int, run_cli
+from resnext_jax.errors import OneLineParser, UsageError, positive_int, run_cli, verbose
 from resnext_jax.files import atomic_write
 from resnext_jax.weights import Pretrained, load
 
@@ -116,7 +116,7 @@ def _quiet(*loggers: str) -> Iterator[None]:
     """These libraries' log records below ERROR dropped for the block, unless
     ``RESNEXT_VERBOSE=1``: jax2onnx logs a traceback for every optional plugin whose own
     dependency (equinox, dm_pix ...) is absent, onnx_ir a warning per untyped value."""
-    if os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0"):
+    if verbose():
         yield
         return
     saved = {name: logging.getLogger(name).level for name in loggers}

@@ -39,7 +39,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from resnext_jax.console import KNOWN_NOTICES, filtered_native_stderr  # noqa: E402
-from resnext_jax.errors import UsageError  # noqa: E402
+from resnext_jax.errors import UsageError, verbose  # noqa: E402
 from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
 from resnext_jax.workdir import FINAL_WEIGHTS  # noqa: E402
 from resnext_jax.zoo import get_entry  # noqa: E402
@@ -64,6 +64,8 @@ flags.DEFINE_string("report", None, "--mode=compile: also write the report as JS
 flags.DEFINE_bool("verbose", False, "tracebacks and the libraries' logs")
 
 USAGE = "python -m resnext_jax.main --config=NAME --workdir=DIR [--config.KEY=VALUE ...]"
+
+
 class _Quiet(logging.Filter):
     """orbax logs every step of every save, and warns about read-only managers that eval
     asks for; its failures reach us as exceptions. Known start-up notices are not news."""
@@ -86,7 +88,7 @@ def _stop(signum, frame) -> None:
 
 
 def _verbose() -> bool:
-    return FLAGS.verbose or os.environ.get("RESNEXT_VERBOSE", "") not in ("", "0")
+    return FLAGS.verbose or verbose()
 
 
 def main(argv: list[str]) -> None:

@@ -30,6 +30,7 @@ from resnext_jax.layers import (
 )
 
 BLOCKS = ("basic", "bottleneck", "senet154")
+SE_RULES = (None, "timm", "legacy")  # no SE, make_divisible(C / 16, 8), C // 16
 
 
 class BasicBlock(nn.Module):
@@ -209,7 +210,7 @@ class ResNet(nn.Module):
                             f"{tuple(self.stage_planes)}")
         if any(d < 1 for d in self.layers):
             problems.append(f"every stage needs a block, got layers={tuple(self.layers)}")
-        if self.se not in (None, "timm", "legacy"):
+        if self.se not in SE_RULES:
             problems.append(f"se={self.se!r} must be None, 'timm' or 'legacy'")
         if self.global_pool not in GLOBAL_POOLS:
             problems.append(f"global_pool={self.global_pool!r} is not one of {GLOBAL_POOLS}")

@@ -114,9 +114,9 @@ def load_image(path: str | os.PathLike, transform: Transform) -> np.ndarray:
                                  f"elongated to resize for a {transform.size} crop")
             image = ImageOps.exif_transpose(image)
             image = _to_8bit(image, transform.channels)
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        if isinstance(err, ImageError):
-            raise
         raise ImageError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
     return transform.normalize(render(image, transform))
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hub_cache import hub_cache
 from PIL import Image
 from readme_snippets import README, snippet
 
@@ -54,11 +55,7 @@ def test_every_python_block_is_a_checked_snippet():
 
 
 def _hub_copy(cache: str, weight_set: str, folder: str) -> None:
-    """A Hub-cache copy of ``weight_set`` with random values, laid out as huggingface_hub
-    lays it out (``refs/main`` -> ``snapshots/<commit>/<file>`` -> ``blobs/<sha256>``)."""
-    import hashlib
-    import shutil
-
+    """A Hub-cache copy of ``weight_set`` with random values."""
     cfg = rx.get_pretrained_cfg(weight_set)
     model = rx.create_model(cfg.model)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -68,15 +65,7 @@ def _hub_copy(cache: str, weight_set: str, folder: str) -> None:
         else rng.normal(0, 0.02, s.shape).astype(np.float32), shapes)
     file = os.path.join(folder, f"{weight_set}.safetensors")
     rx.Pretrained.from_variables(model, variables).export_torch(file)
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    blob = hashlib.sha256(open(file, "rb").read()).hexdigest()
-    repo = os.path.join(cache, "models--" + cfg.hf_hub_id.replace("/", "--"))
-    for sub in ("refs", "blobs", os.path.join("snapshots", commit)):
-        os.makedirs(os.path.join(repo, sub))
-    open(os.path.join(repo, "refs", "main"), "w").write(commit)
-    shutil.move(file, os.path.join(repo, "blobs", blob))
-    os.symlink(os.path.join("..", "..", "blobs", blob),
-               os.path.join(repo, "snapshots", commit, "model.safetensors"))
+    hub_cache(cache, cfg.hf_hub_id, file)
 
 
 def _env(sandbox) -> dict[str, str]:

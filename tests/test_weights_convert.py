@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_weights_io import _assert_same, _hub_cache, go_offline, random_model
+from hub_cache import hub_cache
+from test_weights_io import _assert_same, go_offline, random_model
 
 import resnext_jax as rx
 from resnext_jax import convert
@@ -82,7 +83,7 @@ def test_cli_hub_weight_set_keeps_its_transform(tmp_path: object,
     model, variables = random_model("seresnext26t_32x4d")  # full size, random values
     exported = os.path.join(str(tmp_path), "export.safetensors")
     rx.Pretrained(model, variables, model.pretrained_cfg, None).export_torch(exported)
-    _hub_cache(offline_cache, "timm/seresnext26t_32x4d.bt_in1k", exported)
+    hub_cache(offline_cache, "timm/seresnext26t_32x4d.bt_in1k", exported)
     out = os.path.join(str(tmp_path), "w.msgpack")
     assert convert.main(["timm/seresnext26t_32x4d.bt_in1k", out]) == 0
     report = capsys.readouterr().out

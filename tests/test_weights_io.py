@@ -3,15 +3,14 @@ everything through ``resnext_jax.load`` and :class:`resnext_jax.Pretrained`."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
+from hub_cache import hub_cache
 from weight_fixtures import FIXTURES, MANIFEST, fixture_model, fixture_state
 
 import resnext_jax as rx
@@ -264,21 +263,6 @@ def test_a_flipped_bit_in_our_own_file_is_refused(tiny: tuple, tmp_path: object)
 
 # --- Hugging Face Hub cache ----------------------------------------------------------------
 
-def _hub_cache(root: str, repo_id: str, source: str) -> str:
-    """A cache laid out as huggingface_hub lays it out: ``refs/main`` names the commit,
-    ``snapshots/<commit>/<file>`` links to ``blobs/<sha256>``."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    blob = hashlib.sha256(open(source, "rb").read()).hexdigest()
-    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-    for folder in ("refs", "blobs", os.path.join("snapshots", commit)):
-        os.makedirs(os.path.join(repo, folder))
-    open(os.path.join(repo, "refs", "main"), "w").write(commit)
-    shutil.copy(source, os.path.join(repo, "blobs", blob))
-    link = os.path.join(repo, "snapshots", commit, "model.safetensors")
-    os.symlink(os.path.join("..", "..", "blobs", blob), link)
-    return link
-
-
 def go_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
     """Offline mode with an empty Hub cache under ``tmp_path``; the cache root."""
     import huggingface_hub.constants
@@ -296,7 +280,7 @@ def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_hub_id_resolves_from_offline_cache(offline_cache: str) -> None:
-    expected = _hub_cache(offline_cache, "timm/fixture.test_in1k", FIXTURE_FILE)
+    expected = hub_cache(offline_cache, "timm/fixture.test_in1k", FIXTURE_FILE)
     assert resolve_hub("hf-hub:timm/fixture.test_in1k") == expected
     got = rx.load("timm/fixture.test_in1k", fixture_model(FIXTURE))
     _assert_same(got.variables, rx.load(FIXTURE_FILE, fixture_model(FIXTURE)).variables)
@@ -308,7 +292,7 @@ def test_load_from_hub_id_finds_its_model(offline_cache: str, tiny: tuple,
     exported = os.path.join(str(tmp_path), "tiny.safetensors")
     rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.x", None, None),
                   None).export_torch(exported)
-    _hub_cache(offline_cache, "someone/tiny_seresnext.test", exported)
+    hub_cache(offline_cache, "someone/tiny_seresnext.test", exported)
     loaded = rx.load("someone/tiny_seresnext.test")  # the only zoo model the tensors fit
     assert loaded.model.clone(pretrained_cfg=None) == model
     _assert_same(loaded.variables, variables)
@@ -428,7 +412,7 @@ def test_a_weight_set_loaded_by_name_keeps_its_name(tmp_path, offline_cache):
     model, variables = random_model(name)
     rx.Pretrained.from_variables(model, variables).export_torch(tmp_path / "w.safetensors",
                                                                 layout="timm")
-    _hub_cache(offline_cache, cfg.hf_hub_id, str(tmp_path / "w.safetensors"))
+    hub_cache(offline_cache, cfg.hf_hub_id, str(tmp_path / "w.safetensors"))
     for source in (cfg.name, cfg.hf_hub_id, name):
         assert rx.load(source).cfg == cfg
 

@@ -12,6 +12,7 @@ its HLO shows what each chip computes and moves (:mod:`resnext_jax.hlo`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -86,8 +87,10 @@ def get_topology(name: str) -> Topology:
     return TOPOLOGIES[key]
 
 
-def topology_devices(name: str, num_slices: int = 1) -> list[jax.Device]:
-    """The abstract chips of ``num_slices`` slices of ``name``, from libtpu, on any host."""
+@functools.cache
+def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
+    """The abstract chips of ``num_slices`` slices of ``name``, from libtpu, on any host
+    (described once a process: the command and each ``--max_batch`` trial share them)."""
     from jax.experimental import topologies
 
     t = get_topology(name)
@@ -106,7 +109,7 @@ def topology_devices(name: str, num_slices: int = 1) -> list[jax.Device]:
     except Exception as err:  # noqa: BLE001 - libtpu's own errors, as one line
         raise UsageError(f"libtpu cannot describe TPU topology {name}: "
                          f"{_first_line(err)}") from None
-    return list(desc.devices)
+    return tuple(desc.devices)
 
 
 @dataclasses.dataclass(frozen=True)

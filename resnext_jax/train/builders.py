@@ -12,7 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -45,19 +44,11 @@ class Steps:
     """A run's programs for one mesh. ``init(rng)`` creates the state in its sharding;
     ``train_step(state, batch)`` and ``eval_step(state, batch)`` take global batches."""
 
-    mesh: Mesh
-    model: ResNet
-    schedule: optax.Schedule
     abstract_state: TrainState  # shapes, dtypes and shardings; nothing allocated
     batch_sharding: NamedSharding
-    replicated: NamedSharding
     init: Callable[[jax.Array], TrainState]
     train_step: Any  # jax.jit-wrapped; .lower(...) for ahead-of-time compilation
     eval_step: Any
-
-    @property
-    def state_sharding(self) -> Any:
-        return jax.tree_util.tree_map(lambda a: a.sharding, self.abstract_state)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -99,13 +90,18 @@ def check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1) 
                          f"--config.{key}={max(unit, batch // unit * unit)}")
 
 
+def check_batches(config: ConfigDict, devices: int) -> None:
+    """The train and eval batches split evenly over ``devices`` (and micro-batches)."""
+    check_divisible("batch_size", config.batch_size, devices, config.grad_accum_steps)
+    check_divisible("eval_batch_size", config.eval_batch_size, devices)
+
+
 def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: int,
                 steps_per_epoch: int, total_steps: int,
                 variables: dict | None = None) -> Steps:
     """The optimizer, schedule, state shapes and jitted train / eval steps of ``config`` for
     ``model`` on ``mesh``; ``variables`` initialise the state (pretrained weights)."""
-    check_divisible("batch_size", config.batch_size, mesh.size, config.grad_accum_steps)
-    check_divisible("eval_batch_size", config.eval_batch_size, mesh.size)
+    check_batches(config, mesh.size)
     schedule = create_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                total_steps)
     d = config.data
@@ -151,8 +147,7 @@ def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: i
                        mesh=mesh),
         in_shardings=(state_sharding, batch_sharding), out_shardings=replicated,
         compiler_options=options)
-    return Steps(mesh=mesh, model=model, schedule=schedule, abstract_state=abstract_state,
-                 batch_sharding=batch_sharding, replicated=replicated,
+    return Steps(abstract_state=abstract_state, batch_sharding=batch_sharding,
                  init=jax.jit(init, out_shardings=state_sharding), train_step=train_step,
                  eval_step=eval_step)
 

@@ -33,7 +33,7 @@ from resnext_jax.errors import UsageError
 from resnext_jax.ops import huge_pages_hint
 from resnext_jax.train.builders import (
     build_steps,
-    check_divisible,
+    check_batches,
     make_mesh,
     model_from_config,
 )
@@ -41,12 +41,10 @@ from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.config import config_from_json
 from resnext_jax.train.files import WorkdirLock, append_line, is_remote, write_text
 from resnext_jax.train.metrics import MetricWriter
-from resnext_jax.train.steps import (
-    TrainState,
-)
+from resnext_jax.train.steps import TrainState
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import LoadReport, Pretrained, native
-from resnext_jax.workdir import FINAL_WEIGHTS, MODEL
+from resnext_jax.workdir import CHECKPOINTS, FINAL_WEIGHTS, MODEL
 from resnext_jax.zoo import PretrainedCfg, get_entry
 
 
@@ -77,9 +75,7 @@ class Trainer:
         workdir = os.fspath(workdir)
         self.config, self.workdir = config, workdir
         mesh = make_mesh()
-        # Before the data is opened: a batch the devices cannot share is a usage error.
-        check_divisible("batch_size", config.batch_size, mesh.size, config.grad_accum_steps)
-        check_divisible("eval_batch_size", config.eval_batch_size, mesh.size)
+        check_batches(config, mesh.size)  # before the data is opened
         d, n = config.data, jax.process_count()
         if d.name == "synthetic":
             self.num_classes = config.model.num_classes or get_entry(
@@ -110,7 +106,7 @@ class Trainer:
         self.model, self.abstract_state = model, self.steps.abstract_state
         self.train_step, self.eval_step = self.steps.train_step, self.steps.eval_step
         self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+            os.path.join(workdir, CHECKPOINTS), keep=config.checkpoint.keep,
             best_metric=config.checkpoint.best_metric or None,
             best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
             read_only=not train)

@@ -194,18 +194,19 @@ def _folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
             return (final, *native.read(final))
     spec = os.path.join(path, workdir.MODEL)
     steps = sorted((int(os.path.basename(d)) for d in glob.glob(
-        os.path.join(path, "checkpoints", "*")) if os.path.basename(d).isdigit()), reverse=True)
+        os.path.join(path, workdir.CHECKPOINTS, "*")) if os.path.basename(d).isdigit()),
+        reverse=True)
     if not os.path.isfile(spec) or not steps:
         raise WeightsFileError(f"{path} is a folder without weights: neither "
                                f"{FOLDER_WEIGHTS} (save_pretrained), {workdir.FINAL_WEIGHTS} nor a "
-                               f"training workdir's {workdir.MODEL} and checkpoints/")
+                               f"training workdir's {workdir.MODEL} and {workdir.CHECKPOINTS}/")
     try:
         with open(spec, encoding="utf-8") as f:
             meta = json.load(f)
     except (UnicodeDecodeError, ValueError) as err:
         raise WeightsFileError(f"{spec} is not JSON ({err}); nothing was loaded") from None
     native.check_meta(meta, spec)
-    checkpoint = os.path.join(path, "checkpoints", str(steps[0]))
+    checkpoint = os.path.join(path, workdir.CHECKPOINTS, str(steps[0]))
     return checkpoint, meta, _checkpoint_variables(checkpoint)
 
 

@@ -23,7 +23,7 @@ from flax import serialization
 
 from resnext_jax.files import atomic_write
 from resnext_jax.layers import DOWNSAMPLES, STEMS
-from resnext_jax.model import BLOCKS, ResNet
+from resnext_jax.model import BLOCKS, SE_RULES, ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights.errors import WeightsError, WeightsFileError
 from resnext_jax.zoo import PretrainedCfg
@@ -79,8 +79,7 @@ def cfg_from_dict(values: Mapping[str, Any]) -> PretrainedCfg:
 _INT_BOUNDS = {"cardinality": (1, 256), "base_width": (1, 1024), "stem_width": (1, 1024),
                "stem_features": (1, 2048), "num_classes": (0, 100_000), "in_chans": (1, 16)}
 _MAX_BLOCKS, _MAX_STAGES, _MAX_PLANES = 64, 6, 4096
-_CHOICES = {"block": BLOCKS, "stem": STEMS, "downsample": DOWNSAMPLES, "se": (None, "timm",
-                                                                             "legacy")}
+_CHOICES = {"block": BLOCKS, "stem": STEMS, "downsample": DOWNSAMPLES, "se": SE_RULES}
 
 
 def _is_int(v: Any) -> bool:
