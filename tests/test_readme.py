@@ -1,7 +1,8 @@
-"""The README, checked as a new user would: every ``<!-- snippet: NAME -->`` block runs verbatim
-in a fresh Python process on its own, offline (random weights in a local Hugging Face cache
-stand in for the Hub; the files a snippet reads are made here), and the main command reaches
-the accuracy the README states."""
+"""The README and the pages under docs/, checked as a new user would: every
+``<!-- snippet: NAME -->`` block runs verbatim in a fresh Python process on its own, offline
+(random weights in a local Hugging Face cache stand in for the Hub; the files a snippet reads
+are made here), every relative link and repository path a page names exists, and the main
+command reaches the accuracy the README states."""
 
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ import numpy as np
 import pytest
 from hub_cache import hub_cache
 from PIL import Image
-from readme_snippets import README, snippet
+from readme_snippets import PAGES, README, ROOT, read, snippet, snippet_names
 
 import resnext_jax as rx
 
-pytestmark = pytest.mark.e2e  # fresh processes
-ROOT = os.path.dirname(README)
-TEXT = open(README, encoding="utf-8").read()
-SNIPPETS = re.findall(r"<!-- snippet: ([\w-]+) -->", TEXT)
+TEXT = read(README)
+SNIPPETS = [name for page in PAGES for name in snippet_names(page)]
+
+
+def _page_id(page: str) -> str:
+    return os.path.relpath(page, ROOT)
+
 
 # What each snippet leaves behind, checked in the same process after it ran.
 CHECKS = {
@@ -48,10 +52,57 @@ EXPECTED = {
 }
 
 
-def test_every_python_block_is_a_checked_snippet():
-    blocks = TEXT.count("```python")
-    assert blocks == len(SNIPPETS) == len(set(SNIPPETS)), "mark every python block"
-    assert set(SNIPPETS) == set(CHECKS)
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_every_python_block_is_a_checked_snippet(page):
+    names = snippet_names(page)
+    assert read(page).count("```python") == len(names), "mark every python block"
+    assert set(names) <= set(CHECKS), "say what each snippet leaves behind (CHECKS)"
+
+
+def test_snippet_names_are_unique_across_the_pages():
+    assert len(SNIPPETS) == len(set(SNIPPETS)) and set(SNIPPETS) == set(CHECKS)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: str) -> set[str]:
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.+)$", _prose(read(page)), re.M):
+        slug = _slug(heading)
+        seen[slug] = seen.get(slug, -1) + 1
+    return {f"{slug}-{n}" if n else slug for slug, count in seen.items()
+            for n in range(count + 1)}
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced code blocks (a ``# comment`` there is no heading)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_links_and_paths_exist(page):
+    """Relative links point at files that exist and ``#anchors`` at headings that exist;
+    repository paths a page names (``tests/...``, ``benchmarks/...``) exist too."""
+    text = read(page)
+    prose = re.sub(r"`[^`\n]*`", "", _prose(text))  # code spans hold no links
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if not file.startswith(ROOT) or not os.path.exists(file):
+            broken.append(target)
+        elif anchor and (not file.endswith(".md") or anchor not in _anchors(file)):
+            broken.append(target)
+    for path in re.findall(r"\b((?:resnext_jax|tests|benchmarks|configs|notebooks|docs)"
+                           r"/[\w./-]*\w)", text):
+        if not os.path.exists(os.path.join(ROOT, path)):
+            broken.append(path)
+    assert not broken, f"{_page_id(page)}: {broken}"
 
 
 def _hub_copy(cache: str, weight_set: str, folder: str) -> None:
@@ -96,6 +147,7 @@ def sandbox(tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e  # fresh processes
 @pytest.mark.parametrize("name", SNIPPETS)
 def test_snippet_runs_verbatim_in_a_fresh_process(name, sandbox):
     code = (f"{snippet(name)}\nimport json as _json, numpy as np\n"
@@ -107,6 +159,7 @@ def test_snippet_runs_verbatim_in_a_fresh_process(name, sandbox):
     assert json.loads(line[len("CHECK "):]) == EXPECTED[name]
 
 
+@pytest.mark.e2e
 def test_main_command_reaches_the_accuracy_the_readme_states(tmp_path):
     """The README's first command, as it is written, and its stated bound on test top-1."""
     command = re.search(r"&& (python -m resnext_jax\.main --config=digits [^\n]*)", TEXT)

@@ -114,6 +114,31 @@ def test_mac_count_matches_timm(name, timm_gmacs, tolerance):
     assert macs < timm_gmacs  # the padding products XLA skips
 
 
-def test_the_digits_model_has_the_readmes_count():
-    """README: "147 k parameters" for the main job's model."""
-    assert _params("digits_seresnext") == 147_354
+def test_the_readmes_counts_are_the_zoos():
+    """The counts the text states, read from it and compared with the registry: the README's
+    number of architectures and its models table, the user guide's table of parameter counts,
+    and "147 k parameters" for the main job's model (README and docs/training.md)."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def read(page):
+        with open(os.path.join(root, page), encoding="utf-8") as f:
+            return f.read()
+
+    readme, guide, training = read("README.md"), read("docs/user-guide.md"), \
+        read("docs/training.md")
+    full_size = {n for n in rx.list_models()
+                 if zoo.get_entry(n).source not in (zoo.TINY, zoo.DIGITS)}
+    stated = re.search(r"lists (\d+) architectures", readme)
+    assert stated and int(stated.group(1)) == len(full_size)
+    models = readme.split("\n## Models\n")[1].split("\n## ")[0]
+    rows = [line.split("|")[2] for line in models.splitlines() if line.startswith("| ")][1:]
+    assert sorted(n for row in rows for n in re.findall(r"`(\w+)`", row)) == sorted(full_size)
+    table = {n: int(c.replace(",", "")) for n, c in
+             re.findall(r"^\| `(\w+)` \| ([\d,]+) \|", guide, re.M)}
+    assert table == {n: PUBLISHED.get(n) or _params(n) for n in full_size}
+    digits = round(_params("digits_seresnext") / 1000)
+    for text in (readme, training):
+        assert re.findall(r"(\d+) k parameters", text) == [str(digits)]
