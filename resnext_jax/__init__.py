@@ -6,7 +6,7 @@ from resnext_jax import errors
 from resnext_jax.flops import count_macs
 from resnext_jax.model import ResNet, count_params
 from resnext_jax.ops import compiler_options
-from resnext_jax.parallel import parallel_apply
+from resnext_jax.parallel import ParallelApply
 from resnext_jax.transforms import Transform, load_image
 from resnext_jax.weights import Pretrained, WeightsError, load, push_to_hub, save_pretrained
 from resnext_jax.zoo import (
@@ -30,8 +30,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'resnext_jax' has no attribute {name!r}")
 
 __all__ = [
-    "Pretrained", "PretrainedCfg", "ResNet", "Transform", "WeightsError", "compiler_options",
-    "count_macs", "count_params", "create_model", "errors", "get_entry", "get_pretrained_cfg",
-    "list_models", "list_pretrained", "load", "load_image", "nnx", "parallel_apply",
+    "ParallelApply", "Pretrained", "PretrainedCfg", "ResNet", "Transform", "WeightsError",
+    "compiler_options", "count_macs", "count_params", "create_model", "errors", "get_entry",
+    "get_pretrained_cfg", "list_models", "list_pretrained", "load", "load_image", "nnx",
     "push_to_hub", "register", "register_pretrained", "save_pretrained",
 ]

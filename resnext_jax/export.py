@@ -48,8 +48,7 @@ def export(pretrained: Pretrained, out_dir: str | os.PathLike, *, output: str = 
         raise UsageError(f"output={output!r}: choose one of {OUTPUTS}")
     if format not in FORMATS:
         raise UsageError(f"format={format!r}: choose one of {FORMATS}")
-    model = pretrained.model.clone(lowering="xla" if format == "stablehlo" else "portable",
-                                   features_only=output == "features")
+    model = pretrained.model.clone(lowering="xla" if format == "stablehlo" else "portable")
     if output == "logits" and (model.num_classes == 0):
         raise UsageError("this model has no classifier head: export output='pre_logits'")
     if image_size is not None and image_size < 1:
@@ -60,10 +59,11 @@ def export(pretrained: Pretrained, out_dir: str | os.PathLike, *, output: str = 
     variables = jax.tree_util.tree_map(jnp.asarray, pretrained.variables)
 
     def forward(images: jax.Array) -> Any:
+        if output == "features":
+            return model.apply(variables, images, method=model.forward_intermediates)
         if output == "pre_logits":
-            maps = model.apply(variables, images, method=model.forward_features)
-            return model.apply(variables, maps[f"layer{len(model.layers)}"], pre_logits=True,
-                               method=model.forward_head)
+            last = model.apply(variables, images, method=model.forward_features)
+            return model.apply(variables, last, pre_logits=True, method=model.forward_head)
         return model.apply(variables, images)
 
     spec = {"model": pretrained.cfg.name, "output": output,

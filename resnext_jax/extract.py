@@ -104,17 +104,17 @@ def layers_of(model: Any) -> tuple[str, ...]:
 def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dict[str, Any]]:
     """A jitted ``(variables, images) -> {"features"[, "logits"]}`` in eval mode, with the
     batch split over this process's devices (a multiple of ``.devices`` rows)."""
-    from resnext_jax.parallel import parallel_apply
+    from resnext_jax.parallel import ParallelApply
 
     if layer not in layers_of(model):
         raise UsageError(f"unknown layer {layer!r}: this model has {', '.join(layers_of(model))}")
     needs_head = with_logits or layer == "logits"
-    if needs_head and (model.num_classes == 0 or model.features_only):
+    if needs_head and model.num_classes == 0:
         raise UsageError("logits and --topk need a classifier head; this model has none "
-                         "(num_classes=0 or features_only=True)")
+                         "(num_classes=0)")
 
     def outputs(module: Any, images: Any) -> dict[str, Any]:
-        maps = module.forward_features(images)
+        maps = module.forward_intermediates(images)
         last = maps[f"layer{len(module.layers)}"]
         out = {}
         if layer == "pre_logits":
@@ -126,7 +126,7 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
             out.setdefault("features", out["logits"])
         return out
 
-    return parallel_apply(model, method=outputs)
+    return ParallelApply(model, method=outputs)
 
 
 def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: int,

@@ -41,7 +41,7 @@ from ml_collections import config_flags  # noqa: E402
 from resnext_jax.console import KNOWN_NOTICES, filtered_native_stderr  # noqa: E402
 from resnext_jax.errors import UsageError, verbose  # noqa: E402
 from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
-from resnext_jax.workdir import FINAL_WEIGHTS  # noqa: E402
+from resnext_jax.workdir import CHECKPOINTS, FINAL_WEIGHTS, METRICS  # noqa: E402
 from resnext_jax.zoo import get_entry  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -211,8 +211,8 @@ def _summary(result: dict, workdir: str, seconds: float) -> None:
                         if isinstance(v, float))
     weights = os.path.join(workdir, FINAL_WEIGHTS)
     print(f"done in {seconds:.0f} s: {metrics}\n"
-          f"  checkpoints  {os.path.join(workdir, 'checkpoints')}\n"
-          f"  metrics      {os.path.join(workdir, 'metrics.jsonl')} (and TensorBoard events)\n"
+          f"  checkpoints  {os.path.join(workdir, CHECKPOINTS)}\n"
+          f"  metrics      {os.path.join(workdir, METRICS)} (and TensorBoard events)\n"
           f"  weights      {weights}: resnext_jax.load({workdir!r})", file=sys.stderr)
 
 

@@ -104,9 +104,11 @@ def _residual(block: nn.Module, x: jax.Array, y: jax.Array, features: int,
 class ResNet(nn.Module):
     """ResNet / ResNeXt / SE-ResNeXt backbone and classifier on NHWC images.
 
-    ``__call__`` returns logits ``(N, num_classes)`` (pooled features when
-    ``num_classes=0``), or with ``features_only=True`` a dict of the ``stem`` and
-    ``layer1..4`` maps plus ``pre_logits``. ``feature_info`` describes those maps.
+    As in timm: ``__call__`` returns logits ``(N, num_classes)``, or the pooled features
+    ``(N, num_features)`` when ``num_classes=0``; ``forward_features`` the last stage's map;
+    ``forward_intermediates`` a dict of the ``stem`` and ``layer1..4`` maps, which
+    ``feature_info`` describes. ``train_from`` (at apply time) fine-tunes the parts from that
+    one on: the parts before it keep BatchNorm in eval mode and pass no gradient back.
     """
 
     layers: Sequence[int]
@@ -125,7 +127,6 @@ class ResNet(nn.Module):
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     zero_init_last: bool = True
-    features_only: bool = False
     remat: bool = False
     lowering: str = "auto"  # see resnext_jax.ops.resolve
     # The mesh axis (or axes) that splits the batch: grouped convs then run per device,
@@ -135,9 +136,6 @@ class ResNet(nn.Module):
     # CPU, bfloat16 on GPU / TPU), decided when traced (resnext_jax.ops.resolve_dtype).
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    # Fine-tuning: the first part that trains ("stem", "layer1", ... or "fc"); the parts
-    # before it keep BatchNorm in eval mode and pass no gradient back.
-    train_from: str = "stem"
     # Where the weights come from and how their inputs were made (zoo.PretrainedCfg): set by
     # create_model (the default weight set) and resnext_jax.load; shapes nothing.
     pretrained_cfg: Any = None
@@ -161,12 +159,12 @@ class ResNet(nn.Module):
         block_cls = nn.remat(_BLOCK_TYPES[self.block], static_argnums=(2,)) if self.remat \
             else _BLOCK_TYPES[self.block]
         in_features = self.stem_features
-        total, index = sum(self.layers), 0
+        total, index, stages = sum(self.layers), 0, []
         for stage, (depth, planes) in enumerate(zip(self.layers, self.stage_planes, strict=True)):
             blocks = []
             for i in range(depth):
                 strides = 2 if i == 0 and stage > 0 else 1
-                out = planes * (1 if self.block == "basic" else 4)
+                out = planes * self._expansion
                 kwargs = dict(
                     strides=strides, downsample=self._downsample_kind(strides, in_features, out),
                     se=se, drop_path=self.drop_path_rate * index / max(total - 1, 1),
@@ -180,10 +178,16 @@ class ResNet(nn.Module):
                                             features=out, cardinality=self.cardinality,
                                             **kwargs))
                 in_features, index = out, index + 1
-            setattr(self, f"stage{stage + 1}", blocks)
-        if self.num_classes > 0 and not self.features_only:
+            stages.append(tuple(blocks))
+        self.stages = tuple(stages)
+        if self.num_classes > 0:
             self.head_drop = Dropout(self.drop_rate, self.data_axis)
             self.fc = nn.Dense(self.num_classes, dtype=dtype, param_dtype=self.param_dtype)
+
+    @property
+    def _expansion(self) -> int:
+        """Output channels of a block per ``stage_planes`` unit."""
+        return 1 if self.block == "basic" else 4
 
     def _downsample_kind(self, strides: int, in_features: int, out: int) -> str | None:
         if strides == 1 and in_features == out:
@@ -218,8 +222,6 @@ class ResNet(nn.Module):
             problems.append("drop_rate and drop_path_rate must lie in [0, 1)")
         if self.num_classes < 0 or self.cardinality < 1 or self.base_width < 1:
             problems.append("num_classes must be >= 0, cardinality and base_width >= 1")
-        if self.train_from not in self.parts:
-            problems.append(f"train_from={self.train_from!r} is not one of {self.parts}")
         if problems:
             raise ValueError("invalid ResNet options: " + "; ".join(problems))
 
@@ -233,12 +235,11 @@ class ResNet(nn.Module):
     def feature_info(self) -> list[dict[str, Any]]:
         """Channels and reduction (input size / map size) of each feature map."""
         stem_reduction = 1 if self.stem == "cifar" else 2
-        expansion = 1 if self.block == "basic" else 4
         info = [dict(module="stem", num_chs=self.stem_features, reduction=stem_reduction)]
         reduction = stem_reduction * (1 if self.stem == "cifar" else 2)
         for stage, planes in enumerate(self.stage_planes):
             reduction *= 1 if stage == 0 else 2
-            info.append(dict(module=f"layer{stage + 1}", num_chs=planes * expansion,
+            info.append(dict(module=f"layer{stage + 1}", num_chs=planes * self._expansion,
                              reduction=reduction))
         return info
 
@@ -268,36 +269,42 @@ class ResNet(nn.Module):
                              f"total stride {smallest}; use images of at least "
                              f"{smallest}x{smallest}")
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        """The stem map (before pooling) and the output of every stage."""
+    def forward_intermediates(self, x: jax.Array, train: bool = False,
+                              train_from: str = "stem") -> dict[str, jax.Array]:
+        """The stem's map (before its max pool) and every stage's output, by
+        ``feature_info``'s module names."""
         self._check_input(x)
-        first = self.parts.index(self.train_from)
+        if train_from not in self.parts:
+            raise ValueError(f"train_from={train_from!r} is not one of {self.parts}")
+        first = self.parts.index(train_from)
         stem_map, x = self.stem_layers(jnp.asarray(x, self.compute_dtype), train and first == 0)
         features = {"stem": stem_map}
-        for stage in range(len(self.layers)):
-            if stage + 1 == first:  # nothing before this stage trains
+        for stage, blocks in enumerate(self.stages, start=1):
+            if stage == first:  # nothing before this stage trains
                 x = jax.lax.stop_gradient(x)
-            for block in getattr(self, f"stage{stage + 1}"):
-                x = block(x, train and stage + 1 >= first)
-            features[f"layer{stage + 1}"] = x
+            for block in blocks:
+                x = block(x, train and stage >= first)
+            features[f"layer{stage}"] = x
+        if first > len(self.stages):  # only the classifier trains
+            features[f"layer{len(self.stages)}"] = jax.lax.stop_gradient(x)
         return features
+
+    def forward_features(self, x: jax.Array, train: bool = False,
+                         train_from: str = "stem") -> jax.Array:
+        """The last stage's map ``(N, H, W, C)``, before pooling."""
+        return self.forward_intermediates(x, train, train_from)[f"layer{len(self.layers)}"]
 
     def forward_head(self, x: jax.Array, train: bool = False,
                      pre_logits: bool = False) -> jax.Array:
         """Global pool, dropout and classifier on the last feature map."""
-        if self.train_from == "fc":
-            x = jax.lax.stop_gradient(x)
         x = global_pool(x, self.global_pool)
         if pre_logits or self.num_classes == 0:
             return x
         return self.fc(self.head_drop(x, deterministic=not train))
 
-    def __call__(self, x: jax.Array, train: bool = False) -> Any:
-        features = self.forward_features(x, train)
-        last = features[f"layer{len(self.layers)}"]
-        if self.features_only:
-            return {**features, "pre_logits": self.forward_head(last, train, pre_logits=True)}
-        return self.forward_head(last, train)
+    def __call__(self, x: jax.Array, train: bool = False,
+                 train_from: str = "stem") -> jax.Array:
+        return self.forward_head(self.forward_features(x, train, train_from), train)
 
 
 _BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck, "senet154": Bottleneck}

@@ -56,10 +56,22 @@ class ResNetNNX(nnx.Module):
         cfg = self.module.pretrained_cfg
         return cfg.transform if cfg else None
 
-    def __call__(self, images: jax.Array) -> Any:
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """Logits, or the pooled features of a model with ``num_classes=0``."""
+        return self._apply(images, "__call__")
+
+    def forward_features(self, images: jax.Array) -> jax.Array:
+        """The last stage's map, before pooling (``ResNet.forward_features``)."""
+        return self._apply(images, "forward_features")
+
+    def forward_intermediates(self, images: jax.Array) -> dict[str, jax.Array]:
+        """The stem's and every stage's maps (``ResNet.forward_intermediates``)."""
+        return self._apply(images, "forward_intermediates")
+
+    def _apply(self, images: jax.Array, method: str) -> Any:
         if self.use_running_average:
-            return self.net(images, train=False)
-        return self.net(images, train=True, mutable=["batch_stats"])
+            return self.net(images, train=False, method=method)
+        return self.net(images, train=True, mutable=["batch_stats"], method=method)
 
     def load_variables(self, variables: dict[str, Any]) -> None:
         """Set the parameters and BatchNorm statistics from linen ``variables``."""

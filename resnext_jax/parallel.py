@@ -60,8 +60,3 @@ class ParallelApply:
         with jax.set_mesh(self.mesh):
             return self._jitted.lower(variables, images)
 
-
-def parallel_apply(model: Any, devices: Sequence[jax.Device] | None = None,
-                   **apply_kwargs: Any) -> ParallelApply:
-    """See :class:`ParallelApply`; e.g. ``parallel_apply(model)(variables, images)``."""
-    return ParallelApply(model, devices, **apply_kwargs)

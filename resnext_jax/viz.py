@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from resnext_jax.parallel import parallel_apply
+from resnext_jax.parallel import ParallelApply
 
 # --------------------------------------------------------------------------------------------
 # SE excitations
@@ -111,7 +111,7 @@ def se_excitations(model: Any, variables: Mapping[str, Any],
         raise ValueError("the model has no SE blocks (se=None), so it sows no 'gate'; use an "
                          "SE model such as seresnext50_32x4d")
 
-    forward = parallel_apply(model, train=False, mutable=["intermediates"])
+    forward = ParallelApply(model, train=False, mutable=["intermediates"])
 
     def gates_of(variables, images):
         _, state = forward(variables, images)

@@ -35,16 +35,29 @@ def register(name: str, source: str, **kwargs: Any) -> None:
     """Add a named architecture; ``kwargs`` are :class:`~resnext_jax.model.ResNet` fields."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _check_fields(name, kwargs)
+    check_options(name, kwargs)
     _REGISTRY[name] = ModelEntry(name, dict(kwargs), source)
 
 
-def _check_fields(name: str, kwargs: dict[str, Any]) -> None:
+# Options timm users may pass that are not model fields here, and what to do instead.
+_NOT_FIELDS = {
+    "pretrained": "create_model builds the module only; for weights use "
+                  "resnext_jax.load({name!r}) (or a weight-set name, Hub id or file), which "
+                  "returns Pretrained(model, variables, cfg, report)",
+    "features_only": "features_only is not a model option: the feature maps come from "
+                     "model.apply(variables, x, method=model.forward_intermediates), and "
+                     "num_classes=0 builds the model without a classifier",
+    "train_from": "train_from is given when the model is applied: "
+                  "model.apply(variables, x, train=True, train_from='layer4')",
+}
+
+
+def check_options(name: str, kwargs: dict[str, Any]) -> None:
+    """``kwargs`` are ``ResNet`` fields (a TypeError naming the close ones otherwise)."""
     fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
-    if "pretrained" in kwargs:
-        raise TypeError("create_model builds the module only; for weights use "
-                        f"resnext_jax.load({name!r}) (or a weight-set name, Hub id or file), "
-                        "which returns Pretrained(model, variables, cfg, report)")
+    for key, answer in _NOT_FIELDS.items():
+        if key in kwargs:
+            raise TypeError(answer.format(name=name))
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         hints = {k: difflib.get_close_matches(k, fields, 1) for k in unknown}
@@ -77,7 +90,7 @@ def create_model(name: str, **overrides: Any) -> ResNet:
     when the zoo knows no weights for it); ``resnext_jax.load(name)`` loads those weights.
     """
     entry = get_entry(name)
-    _check_fields(name, overrides)
+    check_options(name, overrides)
     defaults = [cfg for cfg in _SETS.values() if cfg.model == name]
     return ResNet(**{**entry.kwargs, "pretrained_cfg": defaults[0] if defaults else None,
                      **overrides})
@@ -124,7 +137,7 @@ def register_pretrained(cfg: PretrainedCfg) -> None:
 
 def list_pretrained(pattern: str = "*") -> list[str]:
     """Known weight sets matching a shell-style pattern, e.g. ``"seresnext*"``."""
-    return [name for name in _SETS if fnmatch.fnmatch(name, pattern)]
+    return sorted(name for name in _SETS if fnmatch.fnmatch(name, pattern))
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
@@ -134,7 +147,10 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     for cfg in _SETS.values():
         if cfg.model == name:
             return cfg
-    raise KeyError(f"no known weight set {name!r}; known sets: {', '.join(_SETS)}")
+    close = difflib.get_close_matches(name, list(_SETS), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise UsageError(f"no known weight set {name!r}{hint} (see "
+                     "resnext_jax.list_pretrained())")
 
 
 TV_TIMM = "torchvision / timm"

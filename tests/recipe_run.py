@@ -32,23 +32,23 @@ def run_recipe(name: str, tmp_path, steps: int = 2) -> None:
     splits = {"train": 64, config.data.eval_split: 8}
     with mock_tfds(config.data.data_dir, config.data.name, splits,
                    sizes=(32, 32) if cifar else (200, 300)):
-        trainer = train.build(config, str(tmp_path / "run"))
+        run = train.create_run(config, str(tmp_path / "run"))
         try:
-            prep = trainer.train_data.preprocess  # the recipe's pipeline is what runs
+            prep = run.train_data.preprocess  # the recipe's pipeline is what runs
             assert prep.image_size == recipe.data.image_size
             assert prep.auto_augment == recipe.data.auto_augment
             assert (prep.erase_prob, prep.erase_count, prep.erase_mode) == (
                 recipe.data.random_erase, recipe.data.random_erase_count,
                 recipe.data.random_erase_mode)
-            assert trainer.train_data.repeats == recipe.data.repeats
-            assert trainer.transform.size == (recipe.data.eval_size or recipe.data.image_size)
-            state, batches = trainer.fresh_state(), trainer.train_data.iterate(0)
+            assert run.train_data.repeats == recipe.data.repeats
+            assert run.transform.size == (recipe.data.eval_size or recipe.data.image_size)
+            state, batches = run.fresh_state(), run.train_data.iterate(0)
             assert bool(state.ema) == (recipe.ema_decay > 0)
             for _ in range(steps):
                 batch = next(batches)
                 assert batch["image"].shape == (8, prep.image_size, prep.image_size, 3)
-                state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+                state, metrics = run.steps.train_step(state, train.shard_batch(run, batch))
                 assert np.isfinite(float(metrics["loss"]))
             assert int(jax.device_get(state.step)) == steps
         finally:
-            trainer.close()
+            run.close()

@@ -109,9 +109,9 @@ def backbone_case(name: str, data_axis: str | None) -> dict:
 
 
 def parallel_apply_case(name: str) -> dict:
-    """``rx.parallel_apply`` (what extract and viz run) over the 8 devices."""
+    """``rx.ParallelApply`` (what extract and viz run) over the 8 devices."""
     variables, images = _variables(name), np.asarray(_batch(MESHES[8])["image"])
-    forward = rx.parallel_apply(rx.create_model(name))
+    forward = rx.ParallelApply(rx.create_model(name))
     ref = jax.jit(rx.create_model(name).apply)(variables, images)
     return {"forward": hlo.per_device(forward.lower(variables, images).compile()),
             "logits_err": float(np.max(np.abs(np.asarray(forward(variables, images)) - ref)))}

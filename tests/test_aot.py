@@ -141,7 +141,7 @@ def test_parallel_apply_compiles_for_a_tpu_mesh_with_the_tpu_choices():
 
     model = rx.create_model("tiny_seresnext", dtype="auto")
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    apply = rx.parallel_apply(model, aot.topology_devices("v5e-4"))
+    apply = rx.ParallelApply(model, aot.topology_devices("v5e-4"))
     images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
     compiled = apply.lower(variables, images).compile()
     kinds = {c.kind for c in hlo.collectives(compiled.as_text())}

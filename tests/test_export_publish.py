@@ -37,11 +37,13 @@ def test_stablehlo_export_runs_any_batch_size(tiny, tmp_path, output):
     assert spec["transform"]["interpolation"] == "bicubic" and spec["input"]["shape"][0] == \
         "batch"
     run, _ = export.load_exported(tmp_path)
-    reference = tiny.model.clone(features_only=output == "features")
+    model = tiny.model
+    method = model.forward_intermediates if output == "features" else model.__call__
     for batch in (1, 3):  # traced once, with a symbolic batch
         x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
         for got, want in zip(jax.tree_util.tree_leaves(run(x)),
-                             jax.tree_util.tree_leaves(reference.apply(tiny.variables, x)),
+                             jax.tree_util.tree_leaves(model.apply(tiny.variables, x,
+                                                                   method=method)),
                              strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -78,13 +80,18 @@ def test_onnx_export_runs_any_batch_size_in_onnxruntime(name, output, tmp_path, 
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == spec["outputs"]
-    reference = pretrained.model.clone(features_only=output != "logits")
+    model, variables = pretrained.model, pretrained.variables
     for batch in (1, 3):  # one graph, a dynamic batch dimension
         x = np.random.default_rng(batch).normal(size=(batch, 32, 32, 3)).astype(np.float32)
         got = dict(zip(spec["outputs"], session.run(None, {"images": x}), strict=True))
-        want = reference.apply(pretrained.variables, x)
-        if output != "features":
-            want = {output: want if output == "logits" else want["pre_logits"]}
+        if output == "features":
+            want = model.apply(variables, x, method=model.forward_intermediates)
+        elif output == "logits":
+            want = {output: model.apply(variables, x)}
+        else:
+            last = model.apply(variables, x, method=model.forward_features)
+            want = {output: model.apply(variables, last, pre_logits=True,
+                                        method=model.forward_head)}
         assert got.keys() == want.keys()
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4, err_msg=key)

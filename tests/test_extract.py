@@ -138,7 +138,7 @@ def test_cli_features_match_the_model_and_unreadable_files_are_skipped(
                                                     str(images / "notes.txt")]
         batch = np.stack([rx.load_image(f, PRE) for f in files])
         expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
-            m.forward_features(x)["layer4"], pre_logits=True)))(variables, batch)
+            m.forward_features(x), pre_logits=True)))(variables, batch)
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
     assert not (tmp_path / "feats.npz.parts").exists()
     err = capsys.readouterr().err
@@ -276,7 +276,7 @@ def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path,
     grey = rx.load_image(images / "b.jpg", grey_t)
     assert grey.shape == (8, 8, 1)
     expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
-        m.forward_features(x)["layer3"], pre_logits=True)))(variables, grey[None])
+        m.forward_features(x), pre_logits=True)))(variables, grey[None])
     with np.load(out) as data:
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(SystemExit) as stop:

@@ -1,5 +1,7 @@
 """The ResNet module as a classifier, a backbone and a submodule; its errors."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,18 +24,23 @@ def _images(n=2, size=32, seed=0):
     ("resnext29_8x64d", [(64, 1), (256, 1), (512, 2), (1024, 4)]),
 ])
 def test_feature_info_and_feature_shapes(name, info):
-    model = rx.create_model(name, features_only=True)
+    model = rx.create_model(name, num_classes=0)
     assert [(f["num_chs"], f["reduction"]) for f in model.feature_info] == info
     size = 64 if model.stem == "cifar" else 224
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert "fc" not in variables["params"]
-    features = jax.eval_shape(model.apply, variables, x)
+    features = jax.eval_shape(functools.partial(model.apply, method="forward_intermediates"),
+                              variables, x)
+    assert set(features) == {level["module"] for level in model.feature_info}
     for level in model.feature_info:
         shape = features[level["module"]].shape
         side = size // level["reduction"]
         assert shape == (2, side, side, level["num_chs"]), level
-    assert features["pre_logits"].shape == (2, model.num_features)
+    last = jax.eval_shape(functools.partial(model.apply, method="forward_features"),
+                          variables, x)
+    assert last.shape == features[model.feature_info[-1]["module"]].shape
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, model.num_features)
 
 
 @pytest.mark.parametrize("name", ["tiny_resnet", "tiny_resnext", "tiny_seresnext",
@@ -45,9 +52,12 @@ def test_tiny_models_compute_logits_and_features(name):
     variables = model.init(jax.random.key(0), x)
     logits = model.apply(variables, x)
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
-    features = model.clone(features_only=True).apply(variables, x)
+    last = model.apply(variables, x, method=model.forward_features)
+    pooled = model.apply(variables, last, pre_logits=True, method=model.forward_head)
+    np.testing.assert_array_equal(last, model.apply(variables, x, method="forward_intermediates")
+                                  [model.feature_info[-1]["module"]])
     # The classifier's input is the pooled last stage.
-    np.testing.assert_allclose(features["pre_logits"] @ variables["params"]["fc"]["kernel"]
+    np.testing.assert_allclose(pooled @ variables["params"]["fc"]["kernel"]
                                + variables["params"]["fc"]["bias"], logits, rtol=1e-4,
                                atol=1e-5)
 
@@ -64,13 +74,13 @@ def test_headless_model_returns_pooled_features(pool, width):
 def test_zero_init_makes_a_fresh_block_the_identity_of_its_shortcut():
     # With bn3's scale zeroed the residual branch is 0, so a block returns relu(shortcut).
     model = rx.ResNet(layers=(2,), stage_planes=(8,), stem_features=16, cardinality=4,
-                      base_width=16, se="timm", num_classes=0, features_only=True)
+                      base_width=16, se="timm", num_classes=0)
     x = _images(size=16)
 
     def run(m, x):
         stem = m.stem_layers(x, False)[1]
-        first = m.stage1[0](stem, False)  # projection shortcut (16 -> 32 channels)
-        return stem, first, m.stage1[1](first, False)  # identity shortcut
+        first = m.stages[0][0](stem, False)  # projection shortcut (16 -> 32 channels)
+        return stem, first, m.stages[0][1](first, False)  # identity shortcut
 
     variables = model.init(jax.random.key(0), x)
     stem, first, second = model.apply(variables, x, method=run)
@@ -121,7 +131,7 @@ def test_drop_path_and_dropout_only_in_training():
 
 def _blocks(model, variables, x):
     return model.apply(variables, x, method=lambda m, x: [
-        b for s in range(4) for b in getattr(m, f"stage{s + 1}")])
+        b for stage in m.stages for b in stage])
 
 
 def test_remat_gives_the_same_values_and_gradients():
@@ -147,7 +157,8 @@ class Detector(nn.Module):
 
     @nn.compact
     def __call__(self, x, train=False):
-        features = rx.create_model("tiny_seresnext", features_only=True)(x, train)
+        backbone = rx.create_model("tiny_seresnext", num_classes=0)
+        features = backbone.forward_intermediates(x, train)
         return nn.Dense(4)(features["layer3"].mean(axis=(1, 2)))
 
 
@@ -228,3 +239,35 @@ def test_contradictory_options_are_named(overrides, match):
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3),
                                                                            jnp.float32))
+
+
+def test_train_from_freezes_the_parts_before_it_at_apply_time():
+    """No gradient reaches the parts before ``train_from``, and their BatchNorm stays in
+    eval mode (statistics unchanged); the later parts train."""
+    model = rx.create_model("tiny_resnext", zero_init_last=False)
+    x = _images()
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        out, updates = model.apply({**variables, "params": params}, x, train=True,
+                                   train_from="layer3", mutable=["batch_stats"])
+        return jnp.sum(out ** 2), updates["batch_stats"]
+
+    grads, stats = jax.grad(loss, has_aux=True)(variables["params"])
+    for part, trains in [("stem", False), ("layer1_0", False), ("layer2_0", False),
+                         ("layer3_0", True), ("layer4_0", True), ("fc", True)]:
+        moved = any(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads[part]))
+        assert moved == trains, part
+        if part != "fc":
+            same = jax.tree_util.tree_map(np.array_equal, stats[part],
+                                          variables["batch_stats"][part])
+            assert all(jax.tree_util.tree_leaves(same)) != trains, part
+    with pytest.raises(ValueError, match="train_from='layer9' is not one of"):
+        model.apply(variables, x, train_from="layer9")
+
+
+@pytest.mark.parametrize("option,hint", [("features_only", "forward_intermediates"),
+                                         ("train_from", "when the model is applied")])
+def test_timm_options_that_are_not_fields_say_what_to_use(option, hint):
+    with pytest.raises(TypeError, match=hint):
+        rx.create_model("tiny_resnext", **{option: True})

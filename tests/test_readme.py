@@ -32,8 +32,8 @@ def _page_id(page: str) -> str:
 
 # What each snippet leaves behind, checked in the same process after it ran.
 CHECKS = {
-    "quickstart": "[list(features['layer4'].shape), list(features['pre_logits'].shape)]",
-    "pretrained": "[list(features['pre_logits'].shape), transform.interpolation, "
+    "quickstart": "[list(maps['layer4'].shape), list(pooled.shape)]",
+    "pretrained": "[list(features.shape), transform.interpolation, "
                   "ten.model.num_classes]",
     "nnx": "[list(logits.shape), bool(np.isfinite(float(loss)))]",
     "serve-and-share": "[list(logits.shape), again.cfg == trained.cfg]",

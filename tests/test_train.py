@@ -18,6 +18,7 @@ import pytest
 
 from resnext_jax import create_model
 from resnext_jax.train import default_config
+from resnext_jax.train.mixing import Mixing, mix
 from resnext_jax.train.optim import (
     create_optimizer,
     create_schedule,
@@ -27,7 +28,6 @@ from resnext_jax.train.optim import (
 )
 from resnext_jax.train.steps import (
     create_state,
-    cross_entropy,
     ema_decay_at,
     make_eval_step,
     make_train_step,
@@ -105,12 +105,13 @@ def test_per_part_learning_rate_multipliers_scale_the_updates():
         lr_multipliers(params, parts, {"layer4": 0.5})
 
 
-def test_label_smoothing_cross_entropy():
-    logits = jnp.array([[2.0, 0.0, -1.0]])
-    logp = jax.nn.log_softmax(logits)[0]
-    expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
-    np.testing.assert_allclose(cross_entropy(logits, jnp.array([0]), 3, 0.1), [expected],
-                               rtol=1e-6)
+def test_label_smoothing_targets():
+    """Without Mixup / CutMix the targets are the smoothed one-hot rows (timm's)."""
+    images = jnp.zeros((2, 4, 4, 3))
+    _, targets = mix(images, jnp.array([0, 2]), jax.random.key(0), num_classes=3,
+                     smoothing=0.1, mixing=Mixing())
+    np.testing.assert_allclose(targets, [[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3],
+                                         [0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]], rtol=1e-6)
 
 
 class _Linear(nn.Module):
@@ -338,7 +339,7 @@ def test_only_damage_sets_a_checkpoint_aside(tmp_path, monkeypatch):
 def test_metric_lines_append_locally_and_on_object_stores(tmp_path):
     import tensorflow as tf
 
-    from resnext_jax.train.files import append_line
+    from resnext_jax.train.workdir_io import append_line
 
     for path in (str(tmp_path / "m.jsonl"), "ram://resnext_test/m.jsonl"):  # ram:// = remote
         append_line(path, '{"step": 1}')
@@ -357,32 +358,32 @@ def _synthetic(**model):
 
 
 def test_config_num_classes_sets_the_head(tmp_path):
-    """config.model.num_classes used to crash (twice the keyword) or be ignored."""
+    """config.model.num_classes sets the head; one that is not the data's is refused."""
     from resnext_jax import train
 
-    trainer = train.build(_synthetic(num_classes=7), str(tmp_path))
-    assert trainer.num_classes == trainer.model.num_classes == 7
-    trainer.close()
+    run = train.create_run(_synthetic(num_classes=7), str(tmp_path))
+    assert run.num_classes == run.model.num_classes == 7
+    run.close()
     config = train.get_config("digits")
     config.data.data_dir = str(tmp_path / "tfds")
     config.model.num_classes = 10  # the data's: fine
-    trainer = train.build(config, str(tmp_path / "ok"))
-    assert trainer.model.num_classes == 10
-    trainer.close()
+    run = train.create_run(config, str(tmp_path / "ok"))
+    assert run.model.num_classes == 10
+    run.close()
     config.model.num_classes = 5
     with pytest.raises(ValueError, match="num_classes=5, but the data has 10 classes"):
-        train.build(config, str(tmp_path / "bad"))
+        train.create_run(config, str(tmp_path / "bad"))
 
 
 def test_train_from_freezes_the_earlier_parts(tmp_path):
     """Stages before train_from keep their parameters and BatchNorm statistics."""
     from resnext_jax import train
 
-    trainer = train.build(_synthetic(train_from="layer3"), str(tmp_path))
-    state = trainer.fresh_state()
-    batch = trainer.global_batch(next(trainer.train_data.iterate(0)))
-    new, metrics = trainer.train_step(jax.tree_util.tree_map(jnp.copy, state), batch)
-    trainer.close()
+    run = train.create_run(_synthetic(train_from="layer3"), str(tmp_path))
+    state = run.fresh_state()
+    batch = train.shard_batch(run, next(run.train_data.iterate(0)))
+    new, metrics = run.steps.train_step(jax.tree_util.tree_map(jnp.copy, state), batch)
+    run.close()
     assert bool(metrics["finite"])
     for part in ("stem", "layer1_0", "layer2_0"):
         for a, b in zip(jax.tree_util.tree_leaves(state.params[part]),
@@ -399,7 +400,7 @@ def test_train_from_freezes_the_earlier_parts(tmp_path):
 
 
 def test_pretrained_weights_are_evaluated_with_their_own_transform(tmp_path):
-    """--mode=eval --config.model.pretrained=SET used to ignore the set's transform."""
+    """--mode=eval --config.model.pretrained=SET evaluates with the set's transform."""
     import resnext_jax as rx
     from resnext_jax import train
 
@@ -411,19 +412,19 @@ def test_pretrained_weights_are_evaluated_with_their_own_transform(tmp_path):
     rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_seresnext.own", None, None, own),
                   None).save(path)
     config = _synthetic(pretrained=str(path))
-    trainer = train.build(config, str(tmp_path / "run"), train=False)
-    assert trainer.transform == dataclasses.replace(own, size=32)  # data.image_size
-    trainer.close()
+    run = train.create_run(config, str(tmp_path / "run"), train=False)
+    assert run.transform == dataclasses.replace(own, size=32)  # data.image_size
+    run.close()
     config.data.crop_pct, config.data.eval_size = 1.0, 40  # the config still decides
-    trainer = train.build(config, str(tmp_path / "run2"), train=False)
-    assert (trainer.transform.crop_pct, trainer.transform.size) == (1.0, 40)
-    assert trainer.transform.interpolation == "bicubic"
-    trainer.close()
+    run = train.create_run(config, str(tmp_path / "run2"), train=False)
+    assert (run.transform.crop_pct, run.transform.size) == (1.0, 40)
+    assert run.transform.interpolation == "bicubic"
+    run.close()
 
 
 def test_one_run_per_workdir_and_no_stale_lock(tmp_path):
     from resnext_jax import train
-    from resnext_jax.train.files import WorkdirLock
+    from resnext_jax.train.workdir_io import WorkdirLock
 
     first = WorkdirLock(str(tmp_path))
     with pytest.raises(train.WorkdirBusyError, match=f"in use by another run \\(process "
@@ -431,7 +432,7 @@ def test_one_run_per_workdir_and_no_stale_lock(tmp_path):
         train.train_and_evaluate(_synthetic(), str(tmp_path))
     first.release()
     # A holder killed with SIGKILL leaves no stale lock behind.
-    code = ("import os, signal, sys; from resnext_jax.train.files import WorkdirLock; "
+    code = ("import os, signal, sys; from resnext_jax.train.workdir_io import WorkdirLock; "
             "WorkdirLock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=120,

@@ -38,7 +38,7 @@ def test_fixture_parity(name: str) -> None:
     assert rx.count_params(variables) == entry["params"]
     ref = load_file(os.path.join(FIXTURES, f"{name}.outputs.safetensors"))
     x = jnp.asarray(_nhwc(ref["input"]))
-    features = model.apply(variables, x, method=model.forward_features)
+    features = model.apply(variables, x, method=model.forward_intermediates)
     features["pre_logits"] = model.apply(variables, features["layer4"], pre_logits=True,
                                          method=model.forward_head)
     features["logits"] = model.apply(variables, features["layer4"], method=model.forward_head)
@@ -84,7 +84,7 @@ def test_live_full_size_parity(name: str, tmp_path: object) -> None:
     loaded = rx.load(path, name)
     model, variables = loaded.model, loaded.variables
     xs = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
-    got = model.apply(variables, xs, method=model.forward_features)
+    got = model.apply(variables, xs, method=model.forward_intermediates)
     got["logits"] = model.apply(variables, xs)
     for key, ref in want.items():
         err = np.abs(np.asarray(got[key]) - _nhwc(ref.numpy())).max()

@@ -25,7 +25,7 @@ def outside(tmp_path):
 
 
 def test_a_link_at_the_lock_is_refused_and_its_target_untouched(outside):
-    from resnext_jax.train.files import WorkdirLock
+    from resnext_jax.train.workdir_io import WorkdirLock
 
     workdir, victim = outside
     os.symlink(victim, workdir / ".lock")
@@ -36,7 +36,7 @@ def test_a_link_at_the_lock_is_refused_and_its_target_untouched(outside):
 
 @pytest.mark.parametrize("name", ["metrics.jsonl", "eval_metrics.jsonl"])
 def test_appends_never_go_through_a_planted_link(outside, name):
-    from resnext_jax.train.files import append_line
+    from resnext_jax.train.workdir_io import append_line
 
     workdir, victim = outside
     os.symlink(victim, workdir / name)

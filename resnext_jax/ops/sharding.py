@@ -31,7 +31,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 AxisName = str | tuple[str, ...]
-DATA_AXIS = "data"  # the mesh axis that splits every batch (trainer, parallel_apply)
+DATA_AXIS = "data"  # the mesh axis that splits every batch (trainer, ParallelApply)
 
 
 def _axes(axis: AxisName) -> tuple[str, ...]:

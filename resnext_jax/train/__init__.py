@@ -1,7 +1,7 @@
-"""Training and evaluation: ``build(config, workdir)`` gives a :class:`Trainer` (mesh, data,
-model, optimizer, jitted per-device steps, orbax checkpoints); ``train_and_evaluate`` and
-``evaluate`` run it as the CLI does; ``restore(workdir)`` reopens a run; ``get_config(name)``
-reads a config.
+"""Training and evaluation: ``train_and_evaluate(config, workdir)`` and ``evaluate`` run as the
+CLI does; ``create_run(config, workdir)`` gives the :class:`Run` they use (data, model, jitted
+per-device steps, orbax checkpoints) and ``reopen(workdir)`` a finished run's;
+``get_config(name)`` reads a config.
 
 The names load on first use, so that ``resnext_jax.train.config`` and ``.steps`` import
 without TensorFlow (the command line answers a mistyped config in a second).
@@ -13,10 +13,10 @@ _WHERE = {
     "Checkpointer": "checkpoint", "CheckpointError": "checkpoint",
     "ConfigMismatchError": "checkpoint",
     "config_from_json": "config", "default_config": "config", "get_config": "config",
-    "list_configs": "config", "WorkdirBusyError": "files", "TrainState": "steps",
-    "NonFiniteLossError": "trainer", "RunInterrupted": "trainer", "Trainer": "trainer",
-    "build": "trainer",
-    "evaluate": "trainer", "restore": "trainer", "train_and_evaluate": "trainer",
+    "list_configs": "config", "WorkdirBusyError": "workdir_io", "TrainState": "steps",
+    "Run": "run", "create_run": "run", "reopen": "run",
+    "NonFiniteLossError": "loop", "RunInterrupted": "loop", "evaluate": "loop",
+    "evaluate_state": "loop", "shard_batch": "loop", "train_and_evaluate": "loop",
 }
 __all__ = sorted(_WHERE)
 

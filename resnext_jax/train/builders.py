@@ -36,7 +36,7 @@ from resnext_jax.weights import Pretrained, load
 from resnext_jax.zoo import create_model
 
 # ResNet fields a config may set under config.model (None keeps the zoo entry's value).
-RUN_FIELDS = ("drop_rate", "drop_path_rate", "lowering", "remat", "train_from")
+RUN_FIELDS = ("drop_rate", "drop_path_rate", "lowering", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +108,11 @@ def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: i
     image_shape = (d.image_size, d.image_size, d.channels)
     params = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((1, *image_shape))))["params"]
-    frozen = None if model.train_from == "stem" else frozen_labels(
-        params, model.parts, model.train_from)
+    train_from = config.model.train_from
+    if train_from not in model.parts:
+        raise UsageError(f"model.train_from={train_from!r} is not a part of this model: use "
+                         f"one of {', '.join(model.parts)}")
+    frozen = None if train_from == "stem" else frozen_labels(params, model.parts, train_from)
     try:
         multipliers = lr_multipliers(params, model.parts, dict(config.optimizer.lr_multipliers))
     except ValueError as e:
@@ -138,7 +141,7 @@ def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: i
         make_train_step(model, tx, schedule, num_classes=num_classes,
                         label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
                         ema_warmup=config.ema_warmup, accum_steps=config.grad_accum_steps,
-                        seed=config.seed, mesh=mesh, mixing=mixing),
+                        seed=config.seed, mesh=mesh, mixing=mixing, train_from=train_from),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated), donate_argnums=0,
         compiler_options=options)

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnext_jax.digest import tree_digest
-from resnext_jax.train.files import is_remote
+from resnext_jax.train.workdir_io import is_remote
 from resnext_jax.weights.errors import tree_differences
 from resnext_jax.workdir import DIGEST, STATE, STATE_SHA256, WEIGHTS_SHA256
 

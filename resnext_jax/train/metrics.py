@@ -17,7 +17,8 @@ import tensorflow as tf
 from clu import metric_writers
 
 from resnext_jax.errors import UsageError
-from resnext_jax.train.files import append_line, write_text
+from resnext_jax.train.workdir_io import append_line, write_text
+from resnext_jax.workdir import METRICS
 
 
 def repair(path: str, last_step: int) -> str | None:
@@ -56,7 +57,7 @@ class MetricWriter:
     def __init__(self, workdir: str, start_step: int = 0) -> None:
         self.main = jax.process_index() == 0
         if self.main:
-            self.path = os.path.join(workdir, "metrics.jsonl")
+            self.path = os.path.join(workdir, METRICS)
             if os.path.islink(self.path):  # found before training, not at the first log
                 raise UsageError(f"{self.path} is a symbolic link; remove it (nothing was "
                                  "written through it) and run again")

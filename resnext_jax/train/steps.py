@@ -50,12 +50,6 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
     return jnp.where(n > 0, rate, 0.0)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  smoothing: float) -> jax.Array:
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
 def _split_batch(model: nn.Module) -> nn.Module:
     """``model`` told that ``DATA_AXIS`` splits its batch (``ResNet.data_axis``); modules
     without the field (no BatchNorm, no grouped convolutions) as they are."""
@@ -65,7 +59,8 @@ def _split_batch(model: nn.Module) -> nn.Module:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, num_classes: int, label_smoothing: float,
                     ema_decay: float, accum_steps: int, seed: int, mesh: Mesh,
-                    ema_warmup: bool = False, mixing: Mixing | None = None
+                    ema_warmup: bool = False, mixing: Mixing | None = None,
+                    train_from: str = "stem"
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One optimizer step on a global batch split over ``mesh``'s ``data`` axis.
 
@@ -76,14 +71,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     up on the device; the gradient is averaged over devices once per step. ``ema_decay`` > 0
     keeps a moving average of the weights and the BatchNorm statistics (:func:`ema_decay_at`).
     ``mixing``: Mixup / CutMix of each device's rows before the micro-batches are taken
-    (:mod:`resnext_jax.train.mixing`).
+    (:mod:`resnext_jax.train.mixing`). ``train_from``: the first part that trains
+    (``ResNet.parts``); the parts before it keep BatchNorm in eval mode.
     """
     model, mixing = _split_batch(model), mixing or Mixing()
+    frozen = {} if train_from == "stem" else {"train_from": train_from}  # any flax model
 
     def loss_fn(params, batch_stats, images, targets, labels, rng):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                       train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": rng})
+                                      rngs={"dropout": rng}, **frozen)
         loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
         correct = (jnp.argmax(logits, -1) == labels).mean()
         return loss, (updates["batch_stats"], correct)
@@ -158,7 +155,7 @@ def make_eval_step(model: nn.Module, *, num_classes: int, use_ema: bool,
 
     def sums(variables, images, labels, mask, prefix=""):
         logits = model.apply(variables, images, train=False).astype(jnp.float32)
-        loss = cross_entropy(logits, labels, num_classes, 0.0)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
         return {f"{prefix}loss": jnp.sum(loss * mask),
                 f"{prefix}top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),

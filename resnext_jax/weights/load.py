@@ -27,6 +27,7 @@ from flax.traverse_util import unflatten_dict
 
 from resnext_jax import workdir, zoo
 from resnext_jax.digest import tree_digest
+from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.transforms import Transform
 from resnext_jax.weights import native
@@ -123,10 +124,10 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
     ``model``: a zoo name or a ``ResNet``, for checkpoints that do not say which model they
     hold; it must agree with sources that do. ``overrides``: ``ResNet`` fields, e.g.
     ``dtype`` (``"auto"``: :func:`resnext_jax.ops.fastest_dtype` for the platform compiled
-    for), ``features_only``;
-    ``num_classes`` other than the source's keeps the backbone and initialises a new head
-    from ``rng`` (with a warning), ``num_classes=0`` drops the head.
+    for); ``num_classes`` other than the source's keeps the backbone and initialises a new
+    head from ``rng`` (with a warning), ``num_classes=0`` drops the head.
     """
+    zoo.check_options(os.fspath(source), overrides)
     changed = sorted(set(overrides) & set(native.ARCH_FIELDS) - {"num_classes"})
     if changed:
         raise WeightsError(f"load cannot change architecture fields {changed}: the weights "
@@ -161,7 +162,7 @@ def _weight_set(source: str, model: str | ResNet | None) -> PretrainedCfg | None
     if source in zoo.list_models() and source not in zoo.list_pretrained():
         try:
             cfg = zoo.get_pretrained_cfg(source)
-        except KeyError:
+        except UsageError:
             raise WeightsFileError(f"the zoo knows no weights for {source!r}; known sets: "
                                    f"{', '.join(zoo.list_pretrained())}") from None
     elif candidate in zoo.list_pretrained() and (candidate == source or is_hub_id(source)):
@@ -267,7 +268,7 @@ def _head_plan(file_classes: int | None, overrides: dict[str, Any], source: str)
         int, bool]:
     """``(num_classes to build, whether to make a new head)``."""
     wanted = overrides.get("num_classes", file_classes or 0)
-    if overrides.get("features_only") or wanted in (0, file_classes):
+    if wanted in (0, file_classes):
         return wanted, False
     found = f"a {file_classes}-class head" if file_classes else "no classifier head"
     warnings.warn(f"{source} has {found}: the backbone is loaded and a new classifier head "
@@ -280,7 +281,7 @@ def _finish(model: ResNet, variables: dict[str, Any], cfg: PretrainedCfg, report
     if fresh_head:
         variables["params"]["fc"] = _new_head(model, rng)
         report.notes.append(f"classifier: new head for {model.num_classes} classes")
-    elif model.num_classes == 0 or model.features_only:
+    elif model.num_classes == 0:
         variables["params"].pop("fc", None)
     return Pretrained(model.clone(pretrained_cfg=cfg), variables, cfg, report)
 
@@ -300,8 +301,7 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
     if wanted is not None:  # as strict as create_model: the file must be that architecture
         reference = zoo.create_model(wanted) if isinstance(wanted, str) else wanted
         native.check_architecture(meta, reference.clone(num_classes=classes or 0), path)
-    expected = unflatten_dict(flax_shapes(model.clone(num_classes=classes or 0,
-                                                      features_only=False)))
+    expected = unflatten_dict(flax_shapes(model.clone(num_classes=classes or 0)))
     problems = tree_differences(expected, saved)
     if problems:
         raise WeightsError(f"{path} does not fit its own architecture (damaged?): "
@@ -331,8 +331,8 @@ def _load_torch(path: str, tensors: dict[str, np.ndarray], wanted: str | ResNet 
     model = (zoo.create_model(wanted, **kwargs) if isinstance(wanted, str)
              else wanted.clone(**kwargs))
     name = wanted if isinstance(wanted, str) else None
-    variables, report = torch_to_flax(tensors, model, skip_head=fresh or num_classes == 0
-                                      or model.features_only, source=path, model_name=name)
+    variables, report = torch_to_flax(tensors, model, skip_head=fresh or num_classes == 0,
+                                      source=path, model_name=name)
     # The published set's config only when the source was that set (by name or Hub id).
     cfg = cfg or zoo.unpublished_cfg(name or os.path.basename(path), path, num_classes)
     return _finish(model, variables, cfg, report, fresh, rng)
