@@ -1,12 +1,12 @@
 """Where a training step's (or, with ``--infer``, a forward pass's) time goes on the CPU: the
-figures behind README "Speed".
+figures behind docs/speed.md.
 
     PYTHONPATH=. python benchmarks/profile_step.py --model resnext50_32x4d --batch 16 [--infer]
 
 Prints the time, page faults, system time and resident memory of each of ``--steps`` steps
 (run it with and without GLIBC_TUNABLES=glibc.malloc.hugetlb=1, and with
 ``--keep-freed-memory``: glibc's malloc told to keep freed blocks, which the project measured
-and does not do, README "Speed"), and the JAX profiler's time per kind of XLA
+and does not do, docs/speed.md), and the JAX profiler's time per kind of XLA
 operation (fusions by their name without the numeric suffix, e.g. ``copy_bitcast_fusion``),
 with the share of the step spent in computations that hold the direct grouped form's
 multiply-adds (fusions with at least ``--heavy`` multiplies).

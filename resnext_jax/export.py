@@ -10,7 +10,7 @@ in an inference graph. Read it back with :func:`load_exported` or
 
 ``format="onnx"`` (``--format onnx``) writes ``model.onnx`` instead of ``model.stablehlo``:
 the same outputs, a dynamic ``batch`` dimension, NHWC float32 ``images`` in, converted by
-jax2onnx (optional; README "Serving" says how to install it) from ``lowering="portable"``
+jax2onnx (optional; docs/user-guide.md "Serving and sharing" says how to install it) from ``lowering="portable"``
 (XLA's convolutions; the max-pool as strided slices, which onnxruntime runs).
 """
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", choices=OUTPUTS, default="logits")
     parser.add_argument("--image-size", type=positive_int, help="default: the weights' own")
     parser.add_argument("--format", choices=FORMATS, default="stablehlo",
-                        help="onnx needs jax2onnx (README \"Serving\" says how to install it)")
+                        help="onnx needs jax2onnx (docs/user-guide.md, \"Serving and sharing\")")
     args = parser.parse_args(argv)
 
     def run() -> int:

@@ -269,5 +269,5 @@ def _resolve_config(argv: list[str], config_path) -> list[str]:
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # XLA:CPU's per-step buffers on huge pages (README "Speed")
+    reexec_with_huge_pages()  # XLA:CPU's per-step buffers on huge pages (docs/speed.md)
     app.run(main, flags_parser=parse_flags)

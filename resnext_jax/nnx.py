@@ -32,9 +32,10 @@ class ResNetNNX(nnx.Module):
     """A linen ``ResNet`` as an NNX module (``flax.nnx.bridge.ToNNX``)."""
 
     def __init__(self, module: ResNet, *, rngs: nnx.Rngs | None = None,
-                 variables: dict[str, Any] | None = None) -> None:
+                 variables: dict[str, Any] | None = None,
+                 cfg: zoo.PretrainedCfg | None = None) -> None:
         rngs = rngs or nnx.Rngs(params=0, dropout=1)
-        self.module = module
+        self.module, self.cfg = module, cfg  # cfg: the weights' config, from load
         size = max(module.feature_info[-1]["reduction"], 32)
         x = jnp.zeros((1, size, size, module.in_chans))
         # The variables' structure from shapes alone, then their values: from ``variables``
@@ -48,13 +49,9 @@ class ResNetNNX(nnx.Module):
         self.use_running_average = False  # nnx's convention: train mode until .eval()
 
     @property
-    def pretrained_cfg(self) -> zoo.PretrainedCfg | None:
-        return self.module.pretrained_cfg
-
-    @property
     def transform(self) -> Transform | None:
-        cfg = self.module.pretrained_cfg
-        return cfg.transform if cfg else None
+        """How the loaded weights' inputs were made (None for a fresh model)."""
+        return self.cfg.transform if self.cfg else None
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """Logits, or the pooled features of a model with ``num_classes=0``."""
@@ -109,4 +106,4 @@ def load(source: Any, model: str | ResNet | None = None, *, rngs: nnx.Rngs | Non
          **overrides: Any) -> ResNetNNX:
     """Weights from anywhere ``resnext_jax.load`` reads, as an NNX module."""
     loaded = load_weights(source, model, **overrides)
-    return ResNetNNX(loaded.model, rngs=rngs, variables=loaded.variables)
+    return ResNetNNX(loaded.model, rngs=rngs, variables=loaded.variables, cfg=loaded.cfg)

@@ -132,7 +132,7 @@ def explicit_mesh_case(name: str) -> dict:
 
 
 def readme_case() -> dict:
-    """The README's sharded-jit snippet, verbatim, on this process's devices."""
+    """The user guide's sharded-jit snippet, verbatim, on this process's devices."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from readme_snippets import snippet
 

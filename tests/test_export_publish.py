@@ -23,7 +23,7 @@ def _random(name: str) -> rx.Pretrained:
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     cfg = rx.PretrainedCfg(f"{name}.test", None, 42.5,
                            rx.Transform(size=32, interpolation="bicubic"))
-    return rx.Pretrained(model.clone(pretrained_cfg=cfg), variables, cfg, None)
+    return rx.Pretrained(model, variables, cfg, None)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 flipped, bytes cut off or bytes inserted anywhere, either loads to the identical arrays or is
 refused with the project's own error; never another exception, never a silently different
 model. Hypothesis draws the damage; ``RESNEXT_FUZZ_EXAMPLES`` sets how many per format (the
-README's reliability figures come from a run with 2,000)."""
+reliability figures in docs/reliability.md come from a run with 2,000)."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def test_04_sharding_demo_runs(tmp_path):
 
 
 def test_kernelspec_with_huge_pages(tmp_path, monkeypatch):
-    """README "Speed": a Jupyter kernel installed with ``--env GLIBC_TUNABLES ...`` starts
+    """docs/speed.md: a Jupyter kernel installed with ``--env GLIBC_TUNABLES ...`` starts
     with the tunable (glibc reads it only at start-up, so a running kernel cannot)."""
     from jupyter_client.manager import start_new_kernel
 

@@ -82,7 +82,8 @@ def test_cli_hub_weight_set_keeps_its_transform(tmp_path: object,
     offline_cache = go_offline(tmp_path, monkeypatch)
     model, variables = random_model("seresnext26t_32x4d")  # full size, random values
     exported = os.path.join(str(tmp_path), "export.safetensors")
-    rx.Pretrained(model, variables, model.pretrained_cfg, None).export_torch(exported)
+    rx.Pretrained(model, variables, rx.get_pretrained_cfg("seresnext26t_32x4d"),
+                  None).export_torch(exported)
     hub_cache(offline_cache, "timm/seresnext26t_32x4d.bt_in1k", exported)
     out = os.path.join(str(tmp_path), "w.msgpack")
     assert convert.main(["timm/seresnext26t_32x4d.bt_in1k", out]) == 0

@@ -189,7 +189,7 @@ def _start(run: Run) -> tuple[TrainState, int]:
     if main:
         write_text(os.path.join(workdir, CONFIG), run.config.to_json_best_effort(indent=2))
         write_text(os.path.join(workdir, MODEL),
-                   json.dumps(native.model_meta(run.model, run.cfg.model), indent=2))
+                   json.dumps(native.model_meta(run.model, run.cfg.model, run.cfg), indent=2))
     state, step = run.initial_state()
     if main and (hint := huge_pages_hint()):  # a notebook's kernel; the CLI re-executes itself
         print(f"note: {hint}", file=sys.stderr)

@@ -41,7 +41,7 @@ class Run:
 
     config: ConfigDict
     workdir: str
-    model: Any  # the ResNet, with ``cfg`` attached
+    model: Any  # the ResNet
     pretrained: Pretrained | None  # the weights the run started from
     cfg: PretrainedCfg  # what the run's own weights will be: name, transform, classes
     train_data: Any
@@ -84,7 +84,7 @@ class Run:
         local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), variables)
         top1 = (metrics or {}).get("eval/ema_top1" if ema else "eval/top1")
         cfg = dataclasses.replace(self.cfg, top1=None if top1 is None else 100 * top1)
-        return Pretrained(self.model.clone(pretrained_cfg=cfg), local, cfg,
+        return Pretrained(self.model, local, cfg,
                           LoadReport(self.workdir, "resnext_jax (trained)"))
 
     def close(self) -> None:
@@ -104,7 +104,6 @@ def create_run(config: ConfigDict, workdir: str | os.PathLike, *, train: bool = 
     name = config.model.name or pretrained.cfg.model
     cfg = PretrainedCfg(f"{name}.{os.path.basename(workdir.rstrip('/'))}", None, None,
                         eval_transform(config, pretrained), num_classes, origin=workdir)
-    model = model.clone(pretrained_cfg=cfg)
     train_data, eval_data = open_data(config, source, cfg, train=train)
     per_epoch = train_data.steps_per_epoch if train else 1
     total = config.num_train_steps if config.num_train_steps > 0 \

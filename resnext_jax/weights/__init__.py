@@ -2,7 +2,8 @@
 timm, legacy SENet) <-> Flax variables; safetensors / ``.pth`` files; Hub ids; our own files."""
 
 from resnext_jax.weights.errors import WeightsError, WeightsFileError
-from resnext_jax.weights.load import Pretrained, load
+from resnext_jax.weights.load import load
+from resnext_jax.weights.pretrained import Pretrained
 from resnext_jax.weights.publish import push_to_hub, save_pretrained
 from resnext_jax.weights.torch_files import read_state_dict, write_safetensors
 from resnext_jax.weights.torch_names import (

@@ -12,8 +12,6 @@ model) or from ``model``; loading is strict, so anything that does not fit raise
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -25,95 +23,39 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import unflatten_dict
 
-from resnext_jax import workdir, zoo
-from resnext_jax.digest import tree_digest
+from resnext_jax import zoo
 from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
-from resnext_jax.transforms import Transform
 from resnext_jax.weights import native
 from resnext_jax.weights.errors import WeightsError, WeightsFileError, tree_differences
+from resnext_jax.weights.folders import read_folder
 from resnext_jax.weights.hub import is_hub_id, resolve_hub
+from resnext_jax.weights.pretrained import Pretrained
 from resnext_jax.weights.torch_files import (
     SAFETENSORS,
     TORCH_PICKLES,
     read_state_dict,
-    write_safetensors,
 )
 from resnext_jax.weights.torch_names import (
     LoadReport,
     detect_layout,
     flax_shapes,
-    flax_to_torch,
     matching_models,
-    model_layout,
     strip_prefix,
     torch_to_flax,
 )
 from resnext_jax.zoo import PretrainedCfg
 
-FOLDER_WEIGHTS = "model.msgpack"  # a folder written by save_pretrained (or a Hub copy)
-
 
 @dataclasses.dataclass(frozen=True)
-class Pretrained:
-    """A model and its variables, with where they came from and how inputs were made.
+class _Source:
+    """What a source is, decided before anything is read: the local file or folder, the
+    architecture asked for or named by the source, and the published weight set when the
+    source named one (only then does the result carry its name and accuracy)."""
 
-    ``model.apply(variables, images)`` runs it; ``cfg.transform`` is the preprocessing the
-    weights were evaluated with; ``report`` says what was loaded and dropped.
-    """
-
-    model: ResNet
-    variables: dict[str, Any]
-    cfg: PretrainedCfg
-    report: LoadReport
-
-    @classmethod
-    def from_variables(cls, model: ResNet, variables: Mapping[str, Any], *,
-                       origin: str = "resnext_jax", transform: Transform | None = None
-                       ) -> Pretrained:
-        """``model``'s own ``variables`` (freshly initialised, fine-tuned in your code ...)
-        as a :class:`Pretrained`, ready for ``save``, ``export_torch`` and
-        ``save_pretrained``. Its config names the zoo architecture (when ``model`` is one)
-        and ``origin``; it claims no published name or accuracy."""
-        name = zoo_name(model) or "resnet"
-        cfg = zoo.unpublished_cfg(name, origin, model.num_classes, transform)
-        tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-        problems = tree_differences(unflatten_dict(flax_shapes(model)), tree)
-        if problems:
-            raise WeightsError(f"the variables do not fit the model: {'; '.join(problems)}")
-        return cls(model.clone(pretrained_cfg=cfg), dict(tree), cfg,
-                   LoadReport(origin, "resnext_jax (variables)",
-                              loaded=len(jax.tree_util.tree_leaves(tree))))
-
-    @property
-    def transform(self) -> Transform:
-        return self.cfg.transform
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Our own file (variables, architecture, this config); ``resnext_jax.load(path)``
-        reads it back."""
-        native.write(path, self.variables, self.model.clone(pretrained_cfg=self.cfg),
-                     model_name=self.cfg.model if self.cfg.model in zoo.list_models() else None)
-
-    def export_torch(self, path: str | os.PathLike, layout: str | None = None) -> dict:
-        """A PyTorch state dict in safetensors (``layout``: torchvision, timm or legacy;
-        default the model's own) that the reference model loads with ``strict=True``."""
-        layout = layout or model_layout(self.model)
-        tensors = flax_to_torch(self.variables, self.model, layout=layout)
-        meta = {"format": "pt", "layout": layout, "exported_by": "resnext_jax",
-                "model": self.cfg.model}
-        write_safetensors(path, tensors, meta)
-        return tensors
-
-
-def zoo_name(model: ResNet) -> str | None:
-    """The registered name of ``model``'s architecture (any head), or None."""
-    arch = native.architecture(model)
-    for name in zoo.list_models():
-        candidate = native.architecture(zoo.create_model(name, num_classes=model.num_classes))
-        if candidate == arch:
-            return name
-    return None
+    path: str
+    model: str | ResNet | None
+    cfg: PretrainedCfg | None = None
 
 
 def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
@@ -134,22 +76,28 @@ def load(source: str | os.PathLike, model: str | ResNet | None = None, *,
                            "fix them; build a new model with create_model to change them")
     if isinstance(model, ResNet):  # its head is the one asked for
         overrides = {"num_classes": model.num_classes, **overrides}
-    path = os.fspath(source)
-    if os.path.isdir(path):
-        return _load_native(*_folder(path), model, overrides, rng)
-    if os.path.isfile(path):
-        return _load_file(path, model, None, overrides, rng)
+    found = _resolve(os.fspath(source), model, cache_dir)
+    if os.path.isdir(found.path):
+        return _load_native(*read_folder(found.path), found, overrides, rng)
+    if found.path.endswith(native.SUFFIX):
+        return _load_native(found.path, *native.read(found.path), found, overrides, rng)
+    return _load_torch(found.path, read_state_dict(found.path), found, overrides, rng)
+
+
+def _resolve(path: str, model: str | ResNet | None, cache_dir: str | os.PathLike | None
+             ) -> _Source:
+    if os.path.exists(path):
+        return _Source(path, model)
     cfg = _weight_set(path, model)
     if cfg is not None:
         if cfg.hf_hub_id is None:
             raise WeightsFileError(f"weight set {cfg.name!r} has no Hugging Face Hub copy: "
                                    f"download {cfg.url} and load the file")
-        file = resolve_hub(cfg.hf_hub_id, cache_dir)
-        return _load_file(file, cfg.model, cfg, overrides, rng)
+        return _Source(resolve_hub(cfg.hf_hub_id, cache_dir), cfg.model, cfg)
     if path.endswith(SAFETENSORS + TORCH_PICKLES + (native.SUFFIX,)) or _looks_local(path):
         raise WeightsFileError(f"no such file or folder: {path}")
     if is_hub_id(path):
-        return _load_file(resolve_hub(path, cache_dir), model, None, overrides, rng)
+        return _Source(resolve_hub(path, cache_dir), model)
     raise WeightsFileError(f"{path!r} is neither a file or folder, a model or weight-set name "
                            "(resnext_jax.list_pretrained()) nor a Hub id such as "
                            "'timm/seresnext50_32x4d.racm_in1k'")
@@ -180,83 +128,6 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or (first != path and os.path.isdir(first))
 
 
-def _load_file(path: str, model: str | ResNet | None, cfg: PretrainedCfg | None,
-               overrides: dict[str, Any], rng: jax.Array | None) -> Pretrained:
-    if path.endswith(native.SUFFIX):
-        return _load_native(path, *native.read(path), model, overrides, rng)
-    return _load_torch(path, read_state_dict(path), model, cfg, overrides, rng)
-
-
-def _folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """A folder from save_pretrained, a training workdir's final weights, else its newest
-    checkpoint."""
-    for name in (FOLDER_WEIGHTS, workdir.FINAL_WEIGHTS):
-        if os.path.isfile(final := os.path.join(path, name)):
-            return (final, *native.read(final))
-    spec = os.path.join(path, workdir.MODEL)
-    steps = sorted((int(os.path.basename(d)) for d in glob.glob(
-        os.path.join(path, workdir.CHECKPOINTS, "*")) if os.path.basename(d).isdigit()),
-        reverse=True)
-    if not os.path.isfile(spec) or not steps:
-        raise WeightsFileError(f"{path} is a folder without weights: neither "
-                               f"{FOLDER_WEIGHTS} (save_pretrained), {workdir.FINAL_WEIGHTS} nor a "
-                               f"training workdir's {workdir.MODEL} and {workdir.CHECKPOINTS}/")
-    try:
-        with open(spec, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise WeightsFileError(f"{spec} is not JSON ({err}); nothing was loaded") from None
-    native.check_meta(meta, spec)
-    checkpoint = os.path.join(path, workdir.CHECKPOINTS, str(steps[0]))
-    return checkpoint, meta, _checkpoint_variables(checkpoint)
-
-
-def _checkpoint_variables(directory: str) -> dict[str, Any]:
-    """``params`` and ``batch_stats`` (the EMA weights when the run kept them) of an orbax
-    checkpoint, as numpy arrays on the host."""
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as err:
-        raise WeightsFileError(f"reading the checkpoint {directory} needs orbax-checkpoint: "
-                               "pip install 'resnext_jax[train]'") from err
-    item = os.path.join(directory, workdir.STATE)
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        tree = checkpointer.metadata(item).item_metadata.tree
-        as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                          tree)
-        state = checkpointer.restore(item, restore_args=as_numpy)
-    except Exception as err:  # noqa: BLE001 - TensorStore's many errors on a damaged file
-        raise WeightsFileError(f"{directory} cannot be read (damaged?): "
-                               f"{str(err).splitlines()[0] if str(err) else err!r}") from err
-    # Weights and BatchNorm statistics, averaged together, when the run kept an average.
-    weights = state.get("ema") or {"params": state["params"],
-                                   "batch_stats": state.get("batch_stats", {})}
-    expected = _saved_digest(directory)
-    if expected is None:
-        warnings.warn(f"{directory} has no digest of its weights (written by an older "
-                      "version): they are loaded unverified", stacklevel=4)
-    elif tree_digest(weights) != expected:
-        raise WeightsFileError(f"{directory} is damaged: its arrays do not match the digest "
-                               "saved with them; nothing was loaded (an earlier checkpoint or "
-                               f"{workdir.FINAL_WEIGHTS} may be intact)")
-    return weights
-
-
-def _saved_digest(directory: str) -> str | None:
-    """The weights' sha256 that the trainer saved with checkpoint ``directory``."""
-    path = os.path.join(directory, workdir.DIGEST, "metadata")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:
-        raise WeightsFileError(f"{path} cannot be read ({err}); nothing was loaded") from None
-    value = saved.get(workdir.WEIGHTS_SHA256) if isinstance(saved, dict) else None
-    return value if isinstance(value, str) else None
-
-
 def _new_head(model: ResNet, rng: jax.Array | None) -> dict[str, Any]:
     """Fresh classifier parameters, initialised as the model's own ``fc``."""
     dense = nn.Dense(model.num_classes, param_dtype=model.param_dtype)
@@ -283,13 +154,12 @@ def _finish(model: ResNet, variables: dict[str, Any], cfg: PretrainedCfg, report
         report.notes.append(f"classifier: new head for {model.num_classes} classes")
     elif model.num_classes == 0:
         variables["params"].pop("fc", None)
-    return Pretrained(model.clone(pretrained_cfg=cfg), variables, cfg, report)
+    return Pretrained(model, variables, cfg, report)
 
 
-def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
-                 wanted: str | ResNet | None, overrides: dict[str, Any],
-                 rng: jax.Array | None) -> Pretrained:
-    file_name = meta.get("model_name")
+def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any], found: _Source,
+                 overrides: dict[str, Any], rng: jax.Array | None) -> Pretrained:
+    file_name, wanted = meta.get("model_name"), found.model
     if isinstance(wanted, str) and file_name not in (None, wanted):
         raise WeightsError(f"{path} holds {file_name!r} weights, not {wanted!r}")
     params = saved.get("params", {}) if isinstance(saved, dict) else None
@@ -307,7 +177,7 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
         raise WeightsError(f"{path} does not fit its own architecture (damaged?): "
                            + "; ".join(problems))
     variables = jax.tree_util.tree_map(jnp.asarray, saved)
-    cfg = model.pretrained_cfg
+    cfg = native.cfg_from_meta(meta)
     if cfg is None or zoo.is_published(cfg):
         # A file's claim to be a published set cannot be checked: only loading the set by
         # its name or Hub id attaches its name and accuracy. The transform it records is the
@@ -319,10 +189,9 @@ def _load_native(path: str, meta: dict[str, Any], saved: dict[str, Any],
     return _finish(model, variables, cfg, report, fresh, rng)
 
 
-def _load_torch(path: str, tensors: dict[str, np.ndarray], wanted: str | ResNet | None,
-                cfg: PretrainedCfg | None, overrides: dict[str, Any],
-                rng: jax.Array | None) -> Pretrained:
-    wanted = wanted or _guess_model(path, tensors)
+def _load_torch(path: str, tensors: dict[str, np.ndarray], found: _Source,
+                overrides: dict[str, Any], rng: jax.Array | None) -> Pretrained:
+    wanted = found.model or _guess_model(path, tensors)  # the tensors decide when none did
     prefix = strip_prefix(tensors)
     classes = next((int(tensors[prefix + k].shape[0]) for k in ("fc.weight",
                     "last_linear.weight") if prefix + k in tensors), None)
@@ -334,7 +203,7 @@ def _load_torch(path: str, tensors: dict[str, np.ndarray], wanted: str | ResNet 
     variables, report = torch_to_flax(tensors, model, skip_head=fresh or num_classes == 0,
                                       source=path, model_name=name)
     # The published set's config only when the source was that set (by name or Hub id).
-    cfg = cfg or zoo.unpublished_cfg(name or os.path.basename(path), path, num_classes)
+    cfg = found.cfg or zoo.unpublished_cfg(name or os.path.basename(path), path, num_classes)
     return _finish(model, variables, cfg, report, fresh, rng)
 
 

@@ -41,9 +41,10 @@ def architecture(model: ResNet) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple | list) else v for k, v in arch.items()}
 
 
-def model_meta(model: ResNet, model_name: str | None) -> dict[str, Any]:
-    """What a file (or a training workdir's ``model.json``) says about its model."""
-    cfg = model.pretrained_cfg
+def model_meta(model: ResNet, model_name: str | None, cfg: PretrainedCfg | None
+               ) -> dict[str, Any]:
+    """What a file (or a training workdir's ``model.json``) says about its model and
+    weights."""
     return {"format": FORMAT, "model_name": model_name, "architecture": architecture(model),
             "pretrained_cfg": None if cfg is None else cfg_to_dict(cfg)}
 
@@ -126,21 +127,25 @@ def check_meta(meta: Any, source: str) -> None:
 def model_from_meta(meta: Mapping[str, Any], **overrides: Any) -> ResNet:
     """The model a file's metadata describes; ``overrides``: fields that shape nothing."""
     arch = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["architecture"].items()}
+    return ResNet(**{**arch, **overrides})
+
+
+def cfg_from_meta(meta: Mapping[str, Any]) -> PretrainedCfg | None:
+    """The weight-set config a file's metadata records (checked by :func:`check_meta`)."""
     cfg = meta.get("pretrained_cfg")
-    return ResNet(**{**arch, "pretrained_cfg": cfg_from_dict(cfg) if cfg else None,
-                     **overrides})
+    return cfg_from_dict(cfg) if cfg else None
 
 
 def _digest(meta: bytes, variables: bytes) -> str:
     return hashlib.sha256(meta + b"\0" + variables).hexdigest()
 
 
-def write(path: str | os.PathLike, variables: Mapping[str, Any], model: ResNet, *,
-          model_name: str | None = None) -> None:
+def write(path: str | os.PathLike, variables: Mapping[str, Any], model: ResNet,
+          cfg: PretrainedCfg | None = None, *, model_name: str | None = None) -> None:
     """Write ``variables`` (``params``, ``batch_stats``) of ``model`` with its metadata."""
     state = {k: jax.tree_util.tree_map(np.asarray, dict(v)) for k, v in variables.items()
              if k in ("params", "batch_stats")}
-    meta = json.dumps(model_meta(model, model_name)).encode()
+    meta = json.dumps(model_meta(model, model_name, cfg)).encode()
     payload = serialization.msgpack_serialize(state)
     atomic_write(path, serialization.msgpack_serialize(
         {"meta": meta, "variables": payload, "sha256": _digest(meta, payload)}))

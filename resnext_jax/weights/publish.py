@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from resnext_jax.files import atomic_write
-from resnext_jax.weights.load import Pretrained
+from resnext_jax.weights.pretrained import Pretrained
 from resnext_jax.weights.torch_names import model_layout
 
 WEIGHTS, TORCH_WEIGHTS, CONFIG, CARD = ("model.msgpack", "model.safetensors", "config.json",
