@@ -6,6 +6,8 @@ import hashlib
 import os
 import shutil
 
+import pytest
+
 
 def hub_cache(root: str, repo_id: str, source: str) -> str:
     """``source`` as ``repo_id``'s ``model.safetensors`` in a cache laid out as huggingface_hub
@@ -21,3 +23,14 @@ def hub_cache(root: str, repo_id: str, source: str) -> str:
     link = os.path.join(repo, "snapshots", commit, "model.safetensors")
     os.symlink(os.path.join("..", "..", "blobs", blob), link)
     return link
+
+
+def go_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Offline mode with an empty Hub cache under ``tmp_path``; the cache root."""
+    import huggingface_hub.constants
+
+    root = os.path.join(str(tmp_path), "hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", root)
+    return root

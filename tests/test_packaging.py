@@ -106,7 +106,7 @@ def _module_file(module: str) -> str | None:
 
 def test_no_import_cycles_between_modules():
     """Package ``__init__`` files re-export their children; between modules, imports go one
-    way (zoo -> weights -> zoo used to be hidden behind lazy imports)."""
+    way, with no cycle hidden behind a lazy import."""
     graph = {}
     for folder, _, files in os.walk(os.path.join(ROOT, "resnext_jax")):
         for f in files:

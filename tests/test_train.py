@@ -244,8 +244,8 @@ def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
 
 
 def test_a_checkpoint_of_the_old_ema_params_layout_is_a_config_mismatch(tmp_path):
-    """Checkpoints written before the EMA field became ``ema`` (it was ``ema_params``) are not
-    damage: the restore names the fields that differ and sets nothing aside."""
+    """A checkpoint whose state has other fields (here an EMA field named ``ema_params``) is
+    not damage: the restore names the fields that differ and sets nothing aside."""
     import flax.struct
 
     from resnext_jax.train import Checkpointer, ConfigMismatchError, TrainState

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hub_cache import hub_cache
-from test_weights_io import _assert_same, go_offline, random_model
+from hub_cache import go_offline, hub_cache
+from weight_fixtures import assert_same_variables, random_model
 
 import resnext_jax as rx
 from resnext_jax import convert
@@ -39,7 +39,7 @@ def test_cli_round_trip(tiny: tuple, tmp_path: object, capsys: pytest.CaptureFix
     assert "no missing, unexpected or mismatched keys" in report
     meta, saved = native.read(ours)
     assert meta["model_name"] == "tiny_seresnext"
-    _assert_same(saved, variables)
+    assert_same_variables(saved, variables)
     back = os.path.join(str(tmp_path), "back.safetensors")
     assert convert.main([ours, back]) == 0
     original, exported = read_state_dict(src), read_state_dict(back)

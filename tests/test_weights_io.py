@@ -9,9 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.traverse_util import flatten_dict
-from hub_cache import hub_cache
-from weight_fixtures import FIXTURES, MANIFEST, fixture_model, fixture_state
+from hub_cache import go_offline, hub_cache
+from weight_fixtures import (
+    FIXTURES,
+    MANIFEST,
+    assert_same_variables,
+    fixture_model,
+    fixture_state,
+    flat_variables,
+    random_model,
+)
 
 import resnext_jax as rx
 from resnext_jax.weights import (
@@ -27,26 +34,6 @@ from resnext_jax.weights.hub import resolve_hub
 
 FIXTURE = "timm_seresnext"
 FIXTURE_FILE = os.path.join(FIXTURES, f"{FIXTURE}.safetensors")
-
-
-def _flat(variables: dict) -> dict:
-    return {k: np.asarray(v) for k, v in flatten_dict(variables).items()}
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    fa, fb = _flat(a), _flat(b)
-    assert fa.keys() == fb.keys()
-    for key in fa:
-        np.testing.assert_array_equal(fa[key], fb[key], err_msg="/".join(key))
-
-
-def random_model(name: str) -> tuple[rx.ResNet, dict]:
-    """A zoo model with random variables (drawn directly: model.init would compile)."""
-    model = rx.create_model(name)
-    shapes = jax.eval_shape(model.init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(1)
-    return model, jax.tree_util.tree_map(
-        lambda s: jnp.asarray(np.abs(rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +91,9 @@ def test_wrapper_prefix_and_half_precision_load() -> None:
     half = {f"module.{k}": (v.astype(np.float16) if v.dtype == np.float32 else v)
             for k, v in state.items()}
     got, _ = torch_to_flax(half, model)
-    for key, value in _flat(got).items():
+    for key, value in flat_variables(got).items():
         assert value.dtype == np.float32
-        np.testing.assert_allclose(value, _flat(want)[key], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(value, flat_variables(want)[key], rtol=1e-3, atol=1e-3)
 
 
 # --- strict errors: nothing half-loaded ----------------------------------------------------
@@ -182,9 +169,9 @@ def test_a_model_with_another_head_gets_a_new_one_and_says_so() -> None:
             got = rx.load(FIXTURE_FILE, **how)
         assert got.variables["params"]["fc"]["kernel"].shape == (64 * 4, 5)
         assert any("new head" in note for note in got.report.notes)
-        for key, value in _flat(full.variables).items():
+        for key, value in flat_variables(full.variables).items():
             if key[1] != "fc":
-                np.testing.assert_array_equal(_flat(got.variables)[key], value)
+                np.testing.assert_array_equal(flat_variables(got.variables)[key], value)
         assert jax.eval_shape(got.model.apply, got.variables,
                               jnp.ones((1, 32, 32, 3))).shape == (1, 5)
 
@@ -219,7 +206,7 @@ def test_own_file_round_trip_keeps_arrays_architecture_and_transform(
     path = os.path.join(str(tmp_path), "tiny.msgpack")
     rx.Pretrained(model, variables, cfg, None).save(path)
     back = rx.load(path)
-    _assert_same(back.variables, variables)
+    assert_same_variables(back.variables, variables)
     assert back.cfg == cfg and back.transform.size == 40
     assert back.model == model
     assert rx.load(path, "tiny_seresnext").cfg == cfg
@@ -260,17 +247,6 @@ def test_a_flipped_bit_in_our_own_file_is_refused(tiny: tuple, tmp_path: object)
 
 # --- Hugging Face Hub cache ----------------------------------------------------------------
 
-def go_offline(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Offline mode with an empty Hub cache under ``tmp_path``; the cache root."""
-    import huggingface_hub.constants
-
-    root = os.path.join(str(tmp_path), "hub")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", root)
-    return root
-
-
 @pytest.fixture
 def offline_cache(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
     return go_offline(tmp_path, monkeypatch)
@@ -280,7 +256,7 @@ def test_hub_id_resolves_from_offline_cache(offline_cache: str) -> None:
     expected = hub_cache(offline_cache, "timm/fixture.test_in1k", FIXTURE_FILE)
     assert resolve_hub("hf-hub:timm/fixture.test_in1k") == expected
     got = rx.load("timm/fixture.test_in1k", fixture_model(FIXTURE))
-    _assert_same(got.variables, rx.load(FIXTURE_FILE, fixture_model(FIXTURE)).variables)
+    assert_same_variables(got.variables, rx.load(FIXTURE_FILE, fixture_model(FIXTURE)).variables)
 
 
 def test_load_from_hub_id_finds_its_model(offline_cache: str, tiny: tuple,
@@ -292,7 +268,7 @@ def test_load_from_hub_id_finds_its_model(offline_cache: str, tiny: tuple,
     hub_cache(offline_cache, "someone/tiny_seresnext.test", exported)
     loaded = rx.load("someone/tiny_seresnext.test")  # the only zoo model the tensors fit
     assert loaded.model == model
-    _assert_same(loaded.variables, variables)
+    assert_same_variables(loaded.variables, variables)
 
 
 def test_offline_miss_is_explained(offline_cache: str) -> None:
