@@ -1,7 +1,8 @@
 """Every training option with its default; ``configs/*.py`` start from ``default_config()``.
 
 The config is locked, in Python as on the command line: setting a key that is not here (a
-typo) is a one-line error naming the closest key, not a silent new option.
+typo) is a one-line error naming the closest key, not a silent new option. :func:`check_config`
+refuses, in one line too, a key set for a run that would ignore it (another optimizer's).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from resnext_jax.errors import UsageError
+
+OPTIMIZERS = ("sgd", "adamw", "lamb", "lars")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 class Config(ml_collections.ConfigDict):
@@ -104,10 +108,10 @@ def default_config() -> Config:
     c.optimizer.name = "sgd"  # "sgd", "adamw", "lamb" or "lars"
     c.optimizer.base_lr = 0.1  # per 256 images
     c.optimizer.scale_by_batch = True  # lr = base_lr * batch_size / 256
-    c.optimizer.momentum = 0.9
+    c.optimizer.momentum = 0.9  # "sgd", "lars"
     c.optimizer.nesterov = False
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
+    c.optimizer.b1 = 0.9  # "adamw", "lamb"
+    c.optimizer.b2 = 0.999  # "adamw", "lamb"
     c.optimizer.weight_decay = 1e-4  # never on BatchNorm parameters or biases
     c.optimizer.grad_clip_norm = 0.0
     c.optimizer.trust_coefficient = 0.001  # "lars"
@@ -127,6 +131,42 @@ def default_config() -> Config:
     c.checkpoint.async_save = True
     c.lock()
     return c
+
+
+# Keys that some settings of another key ignore: (key, the deciding key, the settings that
+# ignore it, why, the fix). Inherited defaults pass: only a value changed from the default is
+# a request the run would silently drop.
+_IGNORED = (
+    ("optimizer.momentum", "optimizer.name", ("adamw", "lamb"), "it uses b1/b2",
+     "use name='sgd' or 'lars'"),
+    ("optimizer.b1", "optimizer.name", ("sgd", "lars"), "it uses momentum",
+     "use name='adamw' or 'lamb'"),
+    ("optimizer.b2", "optimizer.name", ("sgd", "lars"), "it uses momentum",
+     "use name='adamw' or 'lamb'"),
+    ("optimizer.trust_coefficient", "optimizer.name", ("sgd", "adamw", "lamb"),
+     "only lars has a trust ratio", "use name='lars'"),
+    ("optimizer.decay_epochs", "optimizer.schedule", ("cosine", "constant"),
+     "only the step schedule decays at epochs", "use schedule='step'"),
+    ("optimizer.decay_factor", "optimizer.schedule", ("cosine", "constant"),
+     "only the step schedule decays at epochs", "use schedule='step'"),
+    ("eval_batch_size", "data.name", ("synthetic",), "it evaluates its training batch",
+     "set batch_size"),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """A UsageError, one line, for an unknown optimizer or schedule, or for a key set away from
+    its default where the run ignores it: another optimizer's knob, a step-schedule knob under
+    another schedule, an eval batch for synthetic data."""
+    for key, choices in (("optimizer.name", OPTIMIZERS), ("optimizer.schedule", SCHEDULES)):
+        if config[key] not in choices:
+            raise UsageError(f"{key}={config[key]!r} is unknown; choose one of "
+                             f"{', '.join(choices)}")
+    defaults = default_config()
+    for key, switch, ignored_by, why, fix in _IGNORED:
+        if config[switch] in ignored_by and config[key] != defaults[key]:
+            raise UsageError(f"{key}={config[key]!r} does not apply to "
+                             f"{switch}={config[switch]!r} ({why}); remove it or {fix}")
 
 
 def config_from_json(text: str, source: str = "config.json") -> Config:

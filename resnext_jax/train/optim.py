@@ -8,8 +8,7 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
-OPTIMIZERS = ("sgd", "adamw", "lamb", "lars")
-SCHEDULES = ("cosine", "step", "constant")
+from resnext_jax.train.config import OPTIMIZERS, SCHEDULES
 
 
 def peak_learning_rate(opt: ConfigDict, global_batch: int) -> float:
