@@ -8,18 +8,16 @@ noise, ``inc1`` for the ops that grow stronger with the magnitude). Each image's
 from its stateless seed, so the same seed gives the same images on any host, thread count or
 restart.
 
-Each op reproduces Pillow's arithmetic (what both references run on): blends truncate like
-``Image.blend``, greys use Pillow's integer luma, sharpness uses its SMOOTH kernel and keeps the
-border, equalize and autocontrast build Pillow's lookup tables, and geometric ops are Pillow's
-inverse affine maps sampled at pixel centres. tests/test_augment.py compares every op with
-Pillow's output, through torchvision and timm, on a fixture. Written here rather than taken
-from TensorFlow Model Garden (``official.vision.ops.augment``) because that package pins one
-TensorFlow minor version and some 25 other packages, draws with stateful random ops (which
-cannot be replayed per example after a restart) and has no TrivialAugment; timm's and
-torchvision's run in Python on PIL images, outside the tf.data graph. Differences left:
-bilinear sampling may differ from Pillow's on the one-pixel border, and timm's random choice
-between bilinear and bicubic resampling is bilinear here (TensorFlow's projective transform
-has no bicubic).
+Each op takes and returns a uint8 HWC image and reproduces Pillow's arithmetic (what both
+references run on): blends truncate like ``Image.blend``, greys use Pillow's integer luma,
+sharpness its SMOOTH kernel with the border kept, equalize and autocontrast its lookup tables,
+geometric ops its inverse affine maps sampled at pixel centres; tests/test_augment.py compares
+every op with Pillow's output through torchvision and timm. Not TensorFlow Model Garden's
+``official.vision.ops.augment``: it pins one TensorFlow minor version, draws with stateful
+random ops (no per-example replay after a restart) and has no TrivialAugment; timm's and
+torchvision's run on PIL images, outside the tf.data graph. Differences left: bilinear sampling
+may differ from Pillow's on the one-pixel border, and timm's random bilinear / bicubic choice is
+bilinear here (TensorFlow's projective transform has no bicubic).
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solari
             "TranslateXRel", "TranslateYRel")
 _LEVEL_MAX = 10.0  # timm's _LEVEL_DENOM: magnitudes are on a 0-10 scale
 
-
-# ----------------------------------------------------------------------------- the ops
-# All take and return uint8 HWC images.
 
 def affine(image: tf.Tensor, matrix: tf.Tensor, interpolation: str, fill: tuple[int, ...]
            ) -> tf.Tensor:
@@ -120,8 +115,7 @@ def sharpness(image, factor):
     """Blend with Pillow's SMOOTH filter (3x3, centre 5, the rest 1, over 13), whose
     one-pixel border keeps the input's values."""
     kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13
-    channels = image.shape[-1]
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, image.shape[-1], 1])
     smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1],
                                     "VALID")[0]
     smooth = _to_uint8(tf.floor(smooth + 0.5))
@@ -200,8 +194,6 @@ def _round15(x):
     return tf.round(x * 1e15) / 1e15
 
 
-# ------------------------------------------------------------------ one op of a policy
-
 # Each op with its one argument (a float32 scalar; unused by some).
 _OPS = {
     "Identity": lambda image, arg, geometric: image,
@@ -238,9 +230,8 @@ def _branches(names: tuple[str, ...], channels: int, interpolation: str,
 
 def _apply(image: tf.Tensor, names: tuple[str, ...], op: tf.Tensor, args: dict,
            interpolation: str, fill: tuple[int, ...]) -> tf.Tensor:
-    """``names[op]`` with ``args[name]``. A functional ``Case`` that runs only that branch:
-    ``tf.switch_case`` lowers to switch / merge, whose untaken branches still cost about 3 ms
-    an image in tf.data (measured, 224 x 224)."""
+    """``names[op]`` with ``args[name]``, by a functional ``Case`` that runs only that branch
+    (``tf.switch_case`` lowers to switch / merge, which still pays for the untaken ones)."""
     arg = tf.gather(tf.stack([tf.cast(args.get(name, 0.0), tf.float32) for name in names]),
                     op)
     branches = _branches(names, image.shape[-1], interpolation, tuple(fill))
@@ -286,8 +277,6 @@ def rand_op(image: tf.Tensor, op: tf.Tensor, level: tf.Tensor, negative: tf.Tens
             "TranslateXRel": sign * level * 0.45, "TranslateYRel": sign * level * 0.45}
     return _apply(image, (*RAND_OPS, "Identity"), op, args, interpolation, fill)
 
-
-# ------------------------------------------------------------------------------ policies
 
 @dataclasses.dataclass(frozen=True)
 class AutoAugment:
