@@ -15,17 +15,10 @@ again with the same command resumes from them.
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures
 import dataclasses
-import hashlib
-import itertools
-import json
-import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +32,14 @@ from resnext_jax.errors import (
     positive_int,
     run_cli,
 )
-from resnext_jax.files import atomic_write
+from resnext_jax.extract_inputs import fingerprint, image_batches, list_images
+from resnext_jax.extract_store import ChunkStore, write_output
 from resnext_jax.ops import resolve_dtype
-from resnext_jax.transforms import INTERPOLATIONS, ImageError, Transform, load_image
+from resnext_jax.transforms import INTERPOLATIONS, Transform
+from resnext_jax.transforms import load_image as load_image  # notebook 01 names extract.load_image
 from resnext_jax.weights.native import architecture
 
 HEAD_OUTPUTS = ("pre_logits", "logits")
-
-
-def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named in ``inputs``, and every file under the folders named (recursively,
-    sorted, hidden files left out); whether each is an image is found when it is read."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(item).parts))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
-    return files
 
 
 def _platform() -> str:
@@ -129,97 +109,6 @@ def make_forward(model: Any, layer: str, with_logits: bool) -> Callable[..., dic
     return ParallelApply(model, method=outputs)
 
 
-def _batches(files: Sequence[Path], pre: Transform, batch_size: int, workers: int,
-             report: Callable[[Path, str], None]) -> Iterator[tuple[np.ndarray, list[Path]]]:
-    """Fixed-shape batches of readable images (zeros pad the last) with their files, decoded
-    by ``workers`` threads (Pillow decodes off the GIL) at most two batches ahead, so memory
-    stays the same whatever the number of files."""
-    def read(path: Path) -> np.ndarray | None:
-        try:
-            return load_image(path, pre)
-        except ImageError as err:
-            report(path, str(err))
-        except Exception as err:  # noqa: BLE001 - one bad file never costs the others
-            report(path, f"{path}: {type(err).__name__}: {err}")
-        return None
-
-    images, names = [], []
-    pending: collections.deque = collections.deque()
-    todo = iter(files)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for path in itertools.islice(todo, 2 * batch_size):
-            pending.append((path, pool.submit(read, path)))
-        while pending:
-            path, future = pending.popleft()
-            for more in itertools.islice(todo, 1):
-                pending.append((more, pool.submit(read, more)))
-            image = future.result()
-            if image is None:
-                continue
-            images.append(image)
-            names.append(path)
-            if len(images) == batch_size:
-                yield np.stack(images), names
-                images, names = [], []
-    if images:
-        pad = np.zeros((batch_size - len(images), *images[0].shape), np.float32)
-        yield np.concatenate([np.stack(images), pad]), names
-
-
-def fingerprint(files: Sequence[Path]) -> str:
-    """sha256 over the files' paths, sizes and modification times: which inputs a run had."""
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(os.fsencode(path) + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-class ChunkStore:
-    """Results in ``<out>.parts/`` as atomically written chunks, merged at the end.
-
-    ``settings`` describe the run; finding chunks of a run with other settings is an error
-    rather than a silent mix of features.
-    """
-
-    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
-        settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
-        self.dir = out.with_name(out.name + ".parts")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "settings.json"
-        if meta.exists():
-            saved = json.loads(meta.read_text())
-            differ = sorted(k for k in settings.keys() | saved.keys()
-                            if settings.get(k) != saved.get(k))
-            if differ:
-                raise UsageError(f"{self.dir} holds results of another run (its "
-                                 f"{', '.join(differ)} differ); delete it or choose another "
-                                 "--out")
-        else:
-            atomic_write(meta, lambda f: f.write(json.dumps(settings).encode()))
-        self.parts = sorted(self.dir.glob("part-*.npz"))
-
-    def done(self) -> set[str]:
-        """Files whose results are already stored."""
-        names: set[str] = set()
-        for part in self.parts:
-            with np.load(part) as data:
-                names.update(data["files"].tolist())
-        return names
-
-    def add(self, results: dict[str, np.ndarray], files: list[str]) -> None:
-        part = self.dir / f"part-{len(self.parts):06d}.npz"
-        atomic_write(part, lambda f: np.savez(f, files=np.asarray(files), **results))
-        self.parts.append(part)
-
-    def merged(self) -> dict[str, np.ndarray]:
-        loaded = [dict(np.load(p)) for p in self.parts]
-        return {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]} if loaded else {}
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir)
-
-
 def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: Transform, *,
             layer: str = "pre_logits", k: int = 0, batch_size: int = 32, chunk_batches: int = 8,
             workers: int = 4, settings: dict[str, Any] | None = None,
@@ -258,7 +147,7 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
             skipped[str(path)] = reason
             bar.update(1)
 
-        for images, names in _batches(todo, pre, batch_size, workers, report):
+        for images, names in image_batches(todo, pre, batch_size, workers, report):
             result = {key: np.asarray(v)[:len(names)] for key, v in
                       forward(variables, images).items()}
             batch = {"features": result["features"]}
@@ -276,37 +165,25 @@ def extract(model: Any, variables: Any, files: Sequence[Path], out: Path, pre: T
     results = store.merged()
     if not results:
         raise UsageError(f"none of the {len(files)} file(s) is a readable image")
-    _write_output(out, results, sorted(skipped))
+    write_output(out, results, sorted(skipped))
     store.remove()
     return {**results, "skipped": skipped}
 
 
-def _write_output(out: Path, results: dict[str, np.ndarray], skipped: list[str]) -> None:
-    if out.suffix == ".npz":
-        atomic_write(out, lambda f: np.savez(f, skipped=np.asarray(skipped, dtype=str),
-                                              **results))
-        return
-    atomic_write(out, lambda f: np.save(f, results["features"]))
-    # One JSON string a line: a name with a newline, or bytes that are not UTF-8 (escaped
-    # as \udcXX), still takes exactly one line, row for row with the features.
-    index = out.with_name(out.name.removesuffix(".npy") + ".files.jsonl")
-    atomic_write(index, lambda f: f.write("".join(json.dumps(str(n)) + "\n"
-                                                  for n in results["files"]).encode()))
-
-
-def _transform_for(args: argparse.Namespace, model: Any) -> Transform:
-    """The weights' own transform (their config, or the one their file carries); flags
-    override it, and with neither, ImageNet's defaults (said once on stderr)."""
-    base = model.pretrained_cfg.transform if model.pretrained_cfg else None
+def _transform(args: argparse.Namespace, carried: Transform | None, channels: int
+               ) -> Transform:
+    """The weights' own transform (``carried``: their weight set's, or the one their file
+    records) with the flags replacing its fields; with neither, ImageNet's (mean and std 0.5
+    for one channel), said once on stderr."""
     overrides = {k: v for k, v in dict(size=args.input_size, crop_pct=args.crop_pct,
                                        interpolation=args.interpolation, mean=args.mean,
                                        std=args.std).items() if v is not None}
-    if base is None and not overrides:
+    if carried is None and not overrides:
         print("note: these weights carry no transform; using ImageNet's (224 crop of the 256 "
               "short side, ImageNet mean/std); --input-size, --crop-pct, --interpolation, "
               "--mean and --std change it", file=sys.stderr)
-    base = base or Transform(channels=model.in_chans,
-                             **({"mean": (0.5,), "std": (0.5,)} if model.in_chans == 1 else {}))
+    base = carried or Transform(channels=channels,
+                                **({"mean": (0.5,), "std": (0.5,)} if channels == 1 else {}))
     try:
         return dataclasses.replace(base, **overrides)
     except ValueError as err:  # the transform's own check, e.g. a mean above 1
@@ -383,16 +260,18 @@ def _main(args: argparse.Namespace) -> int:
         args.pretrained = args.model
     if args.pretrained:
         loaded = rx.load(args.pretrained, args.model, **overrides)
-        model, variables = loaded.model, loaded.variables
+        model, variables, carried = loaded.model, loaded.variables, loaded.transform
     elif args.model:
         print("note: no --pretrained given: the weights are random", file=sys.stderr)
         model = rx.create_model(args.model, **overrides)
+        # Random weights are read as the model's default weight set reads its images.
+        carried = model.pretrained_cfg.transform if model.pretrained_cfg else None
         variables = jax.jit(model.init)(
             jax.random.key(0), np.zeros((1, 224, 224, model.in_chans), np.float32))
     else:
         build_parser().error("give --pretrained WEIGHTS (a file, workdir, Hub id or weight-set "
                              "name), --model NAME, or both")
-    pre = _transform_for(args, model)
+    pre = _transform(args, carried, model.in_chans)
     if args.layer not in layers_of(model):
         build_parser().error(f"--layer {args.layer}: this model has "
                              f"{', '.join(layers_of(model))}")
@@ -427,5 +306,5 @@ def _main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     from resnext_jax.ops import reexec_with_huge_pages
 
-    reexec_with_huge_pages()  # XLA:CPU's per-batch buffers on huge pages (README "Speed")
+    reexec_with_huge_pages()  # XLA:CPU's per-batch buffers on huge pages (docs/speed.md)
     sys.exit(main())

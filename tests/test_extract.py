@@ -12,6 +12,8 @@ from PIL import Image
 
 import resnext_jax as rx
 from resnext_jax import extract as ex
+from resnext_jax import extract_inputs, extract_store
+from resnext_jax.transforms import ImageError
 
 SIZE = 32
 PRE = rx.Transform(size=SIZE, crop_pct=0.8)
@@ -55,15 +57,15 @@ def weights(tmp_path_factory):
 
 
 def test_list_images_and_load_image(images):
-    files = ex.list_images([images])
+    files = extract_inputs.list_images([images])
     assert [f.relative_to(images).as_posix() for f in files] == sorted(
         READABLE + ["broken.jpg", "notes.txt"])
     with pytest.raises(FileNotFoundError, match="no such file"):
-        ex.list_images([images / "missing"])
+        extract_inputs.list_images([images / "missing"])
     for name in READABLE:
         assert rx.load_image(images / name, PRE).shape == (SIZE, SIZE, 3)
     for name in ("notes.txt", "broken.jpg"):
-        with pytest.raises(ex.ImageError, match="not a readable image"):
+        with pytest.raises(ImageError, match="not a readable image"):
             rx.load_image(images / name, PRE)
 
 
@@ -86,20 +88,28 @@ def test_transform_resizes_short_side_and_center_crops(tmp_path):
     np.testing.assert_allclose(flat, np.broadcast_to(expected, flat.shape), rtol=1e-5)
 
 
-def test_transform_comes_from_the_weights(weights, tmp_path):
-    parser = ex.build_parser()
-    model, variables, path = weights
-    args = parser.parse_args(["--pretrained", str(path), "x", "--out", "o.npz"])
-    assert ex._transform_for(args, rx.load(path).model) == PRE
+def _pre_logits(model, variables, batch):
+    return jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
+        m.forward_features(x), pre_logits=True)))(variables, batch)
+
+
+def test_transform_comes_from_the_weights_and_flags_replace_its_fields(
+        images, weights, tmp_path):
+    """A file that records a weight set's transform (torchvision's 224/232 crop) is read
+    with it; --input-size replaces the size and keeps the crop."""
+    model, variables, _ = weights
     tagged = tmp_path / "tagged.msgpack"
     rx.Pretrained(model, variables, rx.get_pretrained_cfg("resnext50_32x4d.tv2_in1k"),
                   None).save(tagged)
-    args = parser.parse_args(["--pretrained", str(tagged), "x", "--topk", "1",
-                              "--input-size", "64"])
-    assert ex._transform_for(args, rx.load(tagged).model) == rx.Transform(64, 224 / 232)
-    seresnext = rx.create_model("seresnext50_32x4d")  # its default weights' transform
-    assert ex._transform_for(parser.parse_args(["x", "--topk", "1"]), seresnext) == \
-        rx.Transform(224, 0.875, "bicubic")
+    out = tmp_path / "tagged.npz"
+    assert ex.main(["--pretrained", str(tagged), str(images / "a.png"), "--out", str(out),
+                    "--input-size", "64", "--no-progress"]) == 0
+    with np.load(out) as data:
+        features = data["features"]
+    expected, imagenet = (_pre_logits(model, variables, rx.load_image(images / "a.png", t)[None])
+                          for t in (rx.Transform(64, 224 / 232), rx.Transform(64)))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(features, imagenet, rtol=1e-4, atol=1e-5)
 
 
 def _spy_forward(monkeypatch, fail_on_call=None):
@@ -137,8 +147,7 @@ def test_cli_features_match_the_model_and_unreadable_files_are_skipped(
         assert sorted(data["skipped"].tolist()) == [str(images / "broken.jpg"),
                                                     str(images / "notes.txt")]
         batch = np.stack([rx.load_image(f, PRE) for f in files])
-        expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
-            m.forward_features(x), pre_logits=True)))(variables, batch)
+        expected = _pre_logits(model, variables, batch)
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
     assert not (tmp_path / "feats.npz.parts").exists()
     err = capsys.readouterr().err
@@ -188,7 +197,7 @@ def test_any_file_name_and_a_bad_image_never_cost_the_others(weights, tmp_path, 
 
 def test_interrupted_run_resumes_from_its_chunks(images, weights, tmp_path, monkeypatch):
     model, variables, _ = weights
-    files = ex.list_images([images])
+    files = extract_inputs.list_images([images])
     full = ex.extract(model, variables, files, tmp_path / "ref.npz", PRE, batch_size=2,
                       chunk_batches=1, progress=False)
     out = tmp_path / "run.npz"
@@ -206,7 +215,7 @@ def test_interrupted_run_resumes_from_its_chunks(images, weights, tmp_path, monk
     np.testing.assert_allclose(resumed["features"], full["features"], rtol=1e-6)
     # Chunks of a run with other settings are never mixed in.
     (tmp_path / "other.npz.parts").mkdir()
-    ex.ChunkStore(tmp_path / "other.npz", {"layer": "layer1"})
+    extract_store.ChunkStore(tmp_path / "other.npz", {"layer": "layer1"})
     with pytest.raises(ValueError, match="another run"):
         ex.extract(model, variables, files, tmp_path / "other.npz", PRE, progress=False)
     with pytest.raises(ValueError, match="none of the 2 file"):
@@ -254,10 +263,46 @@ def test_errors_name_the_problem(weights, images, tmp_path):
         ex.make_forward(model, "pre_logits", with_logits=True)
     with pytest.raises(ValueError, match="unknown layer"):
         ex.make_forward(model, "layer9", with_logits=False)
-    (tmp_path / "labels.txt").write_text("cat\ndog\n")
-    with pytest.raises(ValueError, match="2 labels for a 3-class"):
-        ex._label_names(str(tmp_path / "labels.txt"), 3)
-    assert ex._label_names(None, 3) == ["0", "1", "2"]
+
+
+def test_topk_names_come_from_labels_or_are_class_indices(images, tmp_path, capsys):
+    model = rx.create_model("tiny_resnext", num_classes=3)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    path = tmp_path / "three.msgpack"
+    rx.Pretrained(model, variables, rx.PretrainedCfg("tiny_resnext.three", None, None, PRE, 3),
+                  None).save(path)
+    run = ["--pretrained", str(path), str(images / "a.png"), "--topk", "3", "--no-progress"]
+
+    def printed_names() -> list[str]:
+        ranked = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+        return sorted(entry.rsplit(" (", 1)[0] for entry in ranked)
+
+    assert ex.main(run) == 0
+    assert printed_names() == ["0", "1", "2"]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nfox\n")
+    assert ex.main([*run, "--labels", str(labels)]) == 0
+    assert printed_names() == ["cat", "dog", "fox"]
+    labels.write_text("cat\ndog\n")
+    assert ex.main([*run, "--labels", str(labels)]) == 2
+    assert f"{labels} has 2 labels for a 3-class model" in capsys.readouterr().err
+
+
+def test_random_weights_of_a_model_without_weight_set_get_imagenets_transform(
+        images, tmp_path, capsys):
+    """--model alone: weights initialised from key 0, images read with ImageNet's transform,
+    both said on stderr."""
+    out = tmp_path / "random.npz"
+    assert ex.main(["--model", "tiny_resnext_cifar", str(images / "a.png"), "--out", str(out),
+                    "--batch-size", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "the weights are random" in err
+    assert "these weights carry no transform; using ImageNet's" in err
+    model = rx.create_model("tiny_resnext_cifar")
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    expected = _pre_logits(model, variables, rx.load_image(images / "a.png", rx.Transform())[None])
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path, capsys):
@@ -275,8 +320,7 @@ def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path,
     assert "ImageNet" not in capsys.readouterr().err  # no note about default transforms
     grey = rx.load_image(images / "b.jpg", grey_t)
     assert grey.shape == (8, 8, 1)
-    expected = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.forward_head(
-        m.forward_features(x), pre_logits=True)))(variables, grey[None])
+    expected = _pre_logits(model, variables, grey[None])
     with np.load(out) as data:
         np.testing.assert_allclose(data["features"], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(SystemExit) as stop:
@@ -289,14 +333,15 @@ def test_grey_models_read_grey_images_with_their_own_transform(images, tmp_path,
 
 def test_resumed_chunks_must_be_of_the_same_inputs_and_weights(images, weights, tmp_path,
                                                                 monkeypatch):
-    """A run killed, then the same --out on another folder: refused, not 100 rows for 20."""
+    """The chunks a killed run left are not resumed by a run on other inputs or with other
+    weights: that run is refused, naming what differs."""
     model, variables, _ = weights
-    first = ex.list_images([images])
+    first = extract_inputs.list_images([images])
     _spy_forward(monkeypatch, fail_on_call=2)
     with pytest.raises(KeyboardInterrupt):
         ex.extract(model, variables, first, tmp_path / "x.npz", PRE, batch_size=2,
                    chunk_batches=1, progress=False)
-    other = ex.list_images([images / "sub"])
+    other = extract_inputs.list_images([images / "sub"])
     with pytest.raises(ValueError, match="another run \\(its inputs differ\\)"):
         ex.extract(model, variables, other, tmp_path / "x.npz", PRE, progress=False)
     changed = jax.tree_util.tree_map(lambda v: v + 1, variables)
@@ -309,9 +354,10 @@ def test_decoding_stays_a_few_batches_ahead(tmp_path, monkeypatch):
     for i in range(100):
         Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"{i:03d}.png")
     reads = []
-    monkeypatch.setattr(ex, "load_image", lambda path, pre: reads.append(path) or
+    monkeypatch.setattr(extract_inputs, "load_image", lambda path, pre: reads.append(path) or
                         np.zeros((4, 4, 3), np.float32))
-    batches = ex._batches(ex.list_images([tmp_path]), PRE, 4, 2, lambda p, r: None)
+    batches = extract_inputs.image_batches(extract_inputs.list_images([tmp_path]), PRE, 4, 2,
+                                           lambda p, r: None)
     next(batches)
     assert len(reads) <= 4 + 2 * 4 + 1  # the batch, two ahead, one being submitted
     assert sum(len(names) for _, names in batches) == 96
