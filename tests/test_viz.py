@@ -1,4 +1,5 @@
-"""resnext_jax.viz: the arrays behind the pictures, and that each picture is written."""
+"""resnext_jax.viz and resnext_jax.se_statistics: the arrays behind the pictures, that each
+figure draws them, and that the PNG written shows them."""
 
 import json
 
@@ -7,11 +8,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import unfreeze
+from PIL import Image
 
 import resnext_jax as rx
-from resnext_jax import viz
+from resnext_jax import se_statistics, viz
 
 K, PER_CLASS, SIZE = 4, 12, 32
+DPI = 120  # what viz writes PNGs at
+
+
+def _png(path, fig):
+    """The RGB pixels of the PNG at ``path``, checked to be ``fig``'s size at DPI."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB"))
+    width, height = fig.get_size_inches() * DPI
+    assert pixels.shape == (round(height), round(width), 3)
+    return pixels
+
+
+def _shows(pixels, rgb, tol=3):
+    """Whether some pixel has colour ``rgb`` (0-255), within ``tol`` per channel."""
+    return bool((np.abs(pixels.astype(int) - np.asarray(rgb)).max(-1) <= tol).any())
 
 
 def _moments(gates, labels, k):
@@ -23,15 +41,15 @@ def test_class_specificity_separates_class_blind_and_class_set_gates():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(K), 50)
     blind = rng.uniform(0.2, 0.8, (labels.size, 64))
-    assert abs(viz.class_specificity(*_moments(blind, labels, K))) < 0.02
+    assert abs(se_statistics.class_specificity(*_moments(blind, labels, K))) < 0.02
     class_set = rng.uniform(0.1, 0.9, (K, 64))[labels] + rng.normal(0, 0.02, blind.shape)
-    assert viz.class_specificity(*_moments(class_set, labels, K)) > 0.95
+    assert se_statistics.class_specificity(*_moments(class_set, labels, K)) > 0.95
     half = np.where(np.arange(64) < 32, class_set, blind)  # half the channels class-set
-    assert 0.3 < viz.class_specificity(*_moments(half, labels, K)) < 0.8
+    assert 0.3 < se_statistics.class_specificity(*_moments(half, labels, K)) < 0.8
     constant = np.full_like(blind, 0.5)
-    assert viz.class_specificity(*_moments(constant, labels, K)) == 0.0
+    assert se_statistics.class_specificity(*_moments(constant, labels, K)) == 0.0
     with pytest.raises(ValueError, match="at least 2 classes"):
-        viz.class_specificity(*_moments(blind[:50], labels[:50], K))
+        se_statistics.class_specificity(*_moments(blind[:50], labels[:50], K))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +81,7 @@ def test_se_excitations_class_means_and_specificity(se_model):
     levels = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
     noise = rng.normal(0, 0.01, (labels.size, SIZE, SIZE, 3))
     flat = (levels[labels][:, None, None, None] + noise).astype(np.float32)
-    exc = viz.se_excitations(model, variables, _batches(flat, labels, 20), K)
+    exc = se_statistics.se_excitations(model, variables, _batches(flat, labels, 20), K)
     assert exc.blocks == ("layer1_0", "layer2_0", "layer3_0", "layer4_0")
     np.testing.assert_array_equal(exc.counts, [PER_CLASS] * K)
     # The means equal a direct computation over the unpadded data.
@@ -83,7 +101,7 @@ def test_se_excitations_class_means_and_specificity(se_model):
 
     # Class-blind input: random images with labels that say nothing about them.
     noise = rng.normal(0, 1, flat.shape).astype(np.float32)
-    blind = viz.se_excitations(model, variables, _batches(noise, labels, 20), K)
+    blind = se_statistics.se_excitations(model, variables, _batches(noise, labels, 20), K)
     for block in ("layer1_0", "layer3_0", "layer4_0"):
         assert abs(blind.specificity[block]) < 0.15, (block, blind.specificity)
 
@@ -96,22 +114,28 @@ def test_se_excitations_class_means_and_specificity(se_model):
 def test_se_excitations_rejects_bad_input(se_model):
     batch = (np.zeros((2, SIZE, SIZE, 3), np.float32), np.array([0, K]))
     with pytest.raises(ValueError, match="out of range"):
-        viz.se_excitations(*se_model, [batch], K)
+        se_statistics.se_excitations(*se_model, [batch], K)
     with pytest.raises(ValueError, match="no batches"):
-        viz.se_excitations(*se_model, [], K)
+        se_statistics.se_excitations(*se_model, [], K)
     with pytest.raises(ValueError, match="no SE blocks"):
-        viz.se_excitations(rx.create_model("tiny_resnext"), {}, [batch], K)
+        se_statistics.se_excitations(rx.create_model("tiny_resnext"), {}, [batch], K)
 
 
 def test_plot_se_excitations_writes_png(tmp_path):
     rng = np.random.default_rng(0)
     blocks = ("layer1_0", "layer1_1", "layer2_0", "layer3_0")
-    exc = viz.SEExcitations(blocks, {b: rng.uniform(size=(3, 8)) for b in blocks},
-                            np.array([5, 5, 0]), {b: 0.1 for b in blocks})
+    exc = se_statistics.SEExcitations(blocks, {b: rng.uniform(size=(3, 8)) for b in blocks},
+                                      np.array([5, 5, 0]), {b: 0.1 for b in blocks})
     assert viz.default_blocks(blocks) == ["layer1_1", "layer2_0", "layer3_0"]
     path = tmp_path / "se.png"
-    viz.plot_se_excitations(exc, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = viz.plot_se_excitations(exc, path)
+    assert [ax.get_title().split()[0] for ax in fig.axes[:3]] == viz.default_blocks(blocks)
+    pixels = _png(path, fig)
+    # Classes 0 and 1 (those with images) in matplotlib's first two colours, the
+    # specificity bars in tab:gray.
+    for rgb in ((31, 119, 180), (255, 127, 14), (127, 127, 127)):
+        assert _shows(pixels, rgb), rgb
+    assert not _shows(pixels, (44, 160, 44))  # class 2 has no image: no third line
     with pytest.raises(ValueError, match="no SE block named"):
         viz.plot_se_excitations(exc, None, blocks=["layer9_0"])
 
@@ -141,8 +165,12 @@ def test_grouped_filter_layout(tmp_path):
     assert np.isnan(image[3:6]).all() and np.isnan(image[:, width:width + 3]).all()
     with pytest.raises(ValueError, match="divisible"):
         viz.grouped_filter_tiles(kernel, 3)
-    viz.plot_grouped_filters(kernel, groups, tmp_path / "g.png")
-    assert (tmp_path / "g.png").stat().st_size > 0
+    fig = viz.plot_grouped_filters(kernel, groups, tmp_path / "g.png")
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), dense)
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(),
+                                  viz.grouped_filter_mosaic(kernel, groups))
+    # viridis' lowest colour: the zeros between channels of different groups.
+    assert _shows(_png(tmp_path / "g.png", fig), (68, 1, 84))
 
 
 def test_stem_filter_mosaic(tmp_path):
@@ -161,8 +189,12 @@ def test_stem_filter_mosaic(tmp_path):
     np.testing.assert_allclose(grey[1, 1], [0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="3 or 1 input"):
         viz.stem_filter_mosaic(np.zeros((3, 3, 4, 8)))
-    viz.plot_stem_filters(kernel, tmp_path / "stem.png")
-    assert (tmp_path / "stem.png").stat().st_size > 0
+    fig = viz.plot_stem_filters(kernel, tmp_path / "stem.png")
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), image)
+    pixels = _png(tmp_path / "stem.png", fig)
+    # Filter 0's two taps, in the mosaic's colours.
+    for rgb in ((255, 128, 128), (128, 128, 64)):
+        assert _shows(pixels, rgb, tol=1), rgb
 
 
 def test_training_curves(tmp_path):
@@ -183,6 +215,9 @@ def test_training_curves(tmp_path):
     fig = viz.plot_training_curves(metrics, tmp_path / "curves.png", panels=["loss", "top1"])
     loss_lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     np.testing.assert_allclose(loss_lines["train/loss"].get_ydata(), [2.0, 1.0, 2 / 3])
-    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["loss", "top1"]
+    pixels = _png(tmp_path / "curves.png", fig)
+    # eval/loss and train/loss in matplotlib's first two colours.
+    assert _shows(pixels, (31, 119, 180)) and _shows(pixels, (255, 127, 14))
     with pytest.raises(ValueError, match="no metric for panel"):
         viz.plot_training_curves(metrics, None, panels=["accuracy"])
