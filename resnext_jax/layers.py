@@ -81,11 +81,10 @@ class Conv(nn.Module):
 def spatial_mean(x: jax.Array) -> jax.Array:
     """The float32 mean of NHWC maps over H x W, ``(N, C)``, as a matrix-vector product.
 
-    XLA:CPU turns a reduction this large into a padded reduce-window (its tree reduction),
-    which cost SE-ResNeXt-50 inference 41 ms a batch of 16 in layer1 alone, and by default
-    hands the final pooling to a YNNPACK fusion that swallows the last blocks' products; a
-    product with a constant does neither. Batched over the rows, so that no operand needs a
-    transpose.
+    XLA:CPU turns a reduction this large into a slow padded reduce-window (its tree
+    reduction), and by default hands the final pooling to a YNNPACK fusion that swallows the
+    last blocks' products; a product with a constant does neither. Batched over the rows, so
+    that no operand needs a transpose.
     """
     n, height, width, c = x.shape
     pixels = x.astype(jnp.float32).reshape(n, height * width, c)
@@ -128,22 +127,6 @@ def row_masks(key: jax.Array, keep: float, shape: tuple[int, ...],
     return jax.vmap(lambda k: jax.random.bernoulli(k, keep, shape[1:]))(keys)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample (timm's ``DropPath``, rescaled by the keep rate)."""
-
-    rate: float = 0.0
-    data_axis: ops.AxisName | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = row_masks(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1),
-                         self.data_axis)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
 class Dropout(nn.Module):
     """``nn.Dropout`` with :func:`row_masks`, so masks do not depend on the device layout."""
 
@@ -155,8 +138,19 @@ class Dropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = row_masks(self.make_rng("dropout"), keep, x.shape, self.data_axis)
+        mask = row_masks(self.make_rng("dropout"), keep, self._mask_shape(x), self.data_axis)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return x.shape
+
+
+class DropPath(Dropout):
+    """Stochastic depth per sample (timm's ``DropPath``, rescaled by the keep rate): a
+    :class:`Dropout` whose mask has one value per row, dropping or keeping the whole sample."""
+
+    def _mask_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return (x.shape[0],) + (1,) * (x.ndim - 1)
 
 
 STEMS = ("7x7", "deep", "deep_tiered", "cifar", "legacy_7x7", "legacy_deep")

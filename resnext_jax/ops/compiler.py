@@ -10,14 +10,11 @@ same options serve training and inference.
 
 The other CPU cost is memory: XLA allocates a step's buffers afresh on every call; glibc's
 malloc maps every block over its 32 MiB ``mmap`` ceiling and unmaps it on free, and the
-kernel faults in each 4 KiB page again (about a million page faults and a fifth of the CPU
-time of a ResNeXt-50 training step). glibc's ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, read
+kernel faults in each 4 KiB page again. glibc's ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, read
 only at process start, backs them with transparent huge pages (:func:`huge_pages_hint`,
-:func:`reexec_with_huge_pages`). Keeping the blocks in the heap instead (``mallopt``: one
-arena, no ``mmap``, no trimming, set before JAX starts) removed the faults, but the heap
-fragments and grows: a ResNeXt-50 training step's 4.4 GB grew by 3.2 GB at a time to 10.6 GB
-with a second process on the cores (``benchmarks/profile_step.py --keep-freed-memory``). So
-the project does not do it (docs/speed.md).
+:func:`reexec_with_huge_pages`). Keeping the blocks in the heap instead (``mallopt``) removes the
+faults, but the heap fragments and grows without bound, so the project does not do it
+(docs/speed.md has the figures).
 """
 
 from __future__ import annotations
@@ -92,7 +89,7 @@ def fastest_dtype(backend: str | None = None) -> jnp.dtype:
     """The compute dtype these models run fastest in on ``backend`` (default:
     :func:`target_platform`):
     bfloat16 on GPU / TPU (their matrix units), float32 on the CPU, where XLA:CPU's bfloat16
-    ran at or below its float32 (README "Speed"). What ``dtype="auto"`` resolves to."""
+    is no faster than its float32 (docs/speed.md). What ``dtype="auto"`` resolves to."""
     return jnp.dtype(jnp.float32 if (backend or target_platform()) == "cpu"
                      else jnp.bfloat16)
 
@@ -115,7 +112,7 @@ def huge_pages_hint(backend: str | None = None) -> str | None:
         return None
     return ("CPU training runs up to 1.3x faster with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
             "set before Python starts (huge pages for XLA's per-step buffers; for a Jupyter "
-            "kernel, see README \"Speed\")")
+            "kernel, see docs/speed.md)")
 
 
 def reexec_with_huge_pages() -> None:
@@ -126,7 +123,7 @@ def reexec_with_huge_pages() -> None:
     nothing off Linux / glibc < 2.35, without transparent huge pages, when ``JAX_PLATFORMS``
     leaves out the CPU, or when ``GLIBC_TUNABLES`` already names ``glibc.malloc.hugetlb``
     (``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out). The cost is one more start of the
-    interpreter and the imports so far (about 1.5 s on 2 cores).
+    interpreter and of the imports so far.
     """
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if _tunable_chosen() or (platforms and "cpu" not in platforms.split(",")):

@@ -8,8 +8,8 @@ Lowerings (same parameters, same numbers up to floating-point rounding):
 - ``"xla"``: ``lax.conv_general_dilated`` with ``feature_group_count``; forward and
   gradient by XLA. The reference.
 - ``"einsum_grad"``: XLA's convolutions, except that the kernel gradient of a grouped
-  convolution is computed as batched contractions, one per kernel row (the single largest
-  fix; ``grouped.kernel_grad``).
+  convolution is computed as batched contractions, one per kernel row (where XLA:CPU is
+  slowest; ``grouped.kernel_grad``).
 - ``"fast"``: ``"einsum_grad"`` plus 1x1 convolutions as matrix products and narrow
   groups (in-width <= 8) as fused broadcast multiply-adds, forward and input gradient.
 - ``"portable"``: ``"xla"``'s convolutions and ``"fast"``'s max-pool (strided slices): only

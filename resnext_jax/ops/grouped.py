@@ -1,9 +1,8 @@
 """Grouped convolution with XLA-friendly forward and gradient formulations.
 
-XLA:CPU lowers a grouped convolution to slow paths: its forward is 5-10x slower than
-PyTorch for narrow groups, and its kernel gradient (a ``batch_group_count`` convolution)
-is 90-320x slower than the same sums written as batched contractions
-(jax-ml/jax#13800; numbers in the README's "Speed" section). Here:
+XLA:CPU lowers a grouped convolution to slow paths, above all its kernel gradient (a
+``batch_group_count`` convolution, jax-ml/jax#13800), and the forward of narrow groups; the
+figures are in docs/speed.md. Here:
 
 - ``direct_conv``: the forward pass as ``kh * kw * in_width`` broadcast multiply-adds over
   the output, which XLA fuses into one vectorised loop, behind a conditional so that it is
@@ -12,7 +11,7 @@ is 90-320x slower than the same sums written as batched contractions
 - ``kernel_grad``: the kernel gradient as batched contractions, one per kernel row, over
   blocks of output columns.
 - ``input_grad``: the input gradient as stride-1 convolutions of the output gradient, one
-  per stride phase (XLA's own transposed grouped convolution is 2-5x slower than its forward).
+  per stride phase (XLA's own transposed grouped convolution is slower than its forward).
 - ``grouped_conv``: a ``jax.custom_vjp`` that uses the direct form (or XLA's own grouped
   convolution) forward and for the input gradient, and ``kernel_grad`` for the kernel.
 
@@ -72,9 +71,8 @@ def direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
     """Grouped convolution as a sum of broadcast products, one per (tap, input channel).
 
     Unfused: otherwise XLA fuses these multiply-adds into every consumer (BatchNorm
-    statistics, normalisation, ReLU, the gradient's transposes) and redoes them in each,
-    42 % of a ResNeXt-50 training step on the CPU. The other branch is XLA's convolution,
-    which compiles faster than a second copy of this one.
+    statistics, normalisation, ReLU, the gradient's transposes) and redoes them in each. The
+    other branch is XLA's convolution, which compiles faster than a second copy of this one.
     """
     static = dict(stride=stride, padding=padding, groups=groups)
     return _unfused(functools.partial(_direct_conv, **static), x, kernel,
@@ -96,7 +94,7 @@ def _direct_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
 
 
 def _kernel_grad_block(stride: int, out_width: int) -> int:
-    """Output columns per block: measured best on ResNeXt-50's layers (README "Speed")."""
+    """Output columns per block: the fastest on ResNeXt-50's layers (docs/speed.md)."""
     return 4 if stride == 1 and out_width >= 14 else 2
 
 
@@ -182,12 +180,9 @@ def input_grad(dy: jax.Array, kernel: jax.Array, in_hw: tuple[int, int], stride:
 
 
 def use_direct(kernel_shape: tuple[int, ...], groups: int) -> bool:
-    """Narrow groups, where the direct form's fusion stays small.
-
-    Measured forward at batch 8, 32 groups: in-width 4 (56x56x128) 20 ms direct vs 122-190 ms
-    XLA; in-width 8 (28x28x256) 30 vs 49-176 ms; in-width 16 (14x14x512) 518 vs 15-18 ms.
-    The dtype does not change the choice: the direct form accumulates in float32.
-    """
+    """Narrow groups, where the direct form's fusion stays small and beats XLA's forward
+    (docs/speed.md has the times that set the bound). The dtype does not change the choice: the
+    direct form accumulates in float32."""
     kh, kw, width, _ = kernel_shape
     return groups > 1 and width <= 8 and kh * kw * width <= 72
 

@@ -26,7 +26,7 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, pad: int = 1,
     """``torch.nn.MaxPool2d(window, stride, pad, ceil_mode)`` on NHWC ``x``.
 
     ``lowering`` as for ``conv2d``: ``"fast"`` and ``"portable"`` take the running maximum of
-    the window's strided slices (XLA:CPU's ``reduce_window`` gradient is 3x slower; jax2onnx
+    the window's strided slices (XLA:CPU's ``reduce_window`` gradient is slower; jax2onnx
     turns an NHWC ``reduce_window`` into a 4-D ``MaxPool`` that onnxruntime rejects); every
     lowering sends the gradient to the first maximum of each window, as PyTorch does.
     """
