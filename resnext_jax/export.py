@@ -10,8 +10,9 @@ in an inference graph. Read it back with :func:`load_exported` or
 
 ``format="onnx"`` (``--format onnx``) writes ``model.onnx`` instead of ``model.stablehlo``:
 the same outputs, a dynamic ``batch`` dimension, NHWC float32 ``images`` in, converted by
-jax2onnx (optional; docs/user-guide.md "Serving and sharing" says how to install it) from ``lowering="portable"``
-(XLA's convolutions; the max-pool as strided slices, which onnxruntime runs).
+jax2onnx (optional; docs/user-guide.md "Serving and sharing" says how to install it) from
+``lowering="portable"`` (XLA's convolutions; the max-pool as strided slices, which
+onnxruntime runs).
 """
 
 from __future__ import annotations

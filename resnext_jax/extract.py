@@ -265,7 +265,8 @@ def _main(args: argparse.Namespace) -> int:
         print("note: no --pretrained given: the weights are random", file=sys.stderr)
         model = rx.create_model(args.model, **overrides)
         # Random weights are read as the model's default weight set reads its images.
-        carried = model.pretrained_cfg.transform if model.pretrained_cfg else None
+        carried = (rx.get_pretrained_cfg(args.model).transform
+                   if rx.list_pretrained(f"{args.model}.*") else None)
         variables = jax.jit(model.init)(
             jax.random.key(0), np.zeros((1, 224, 224, model.in_chans), np.float32))
     else:

@@ -136,9 +136,6 @@ class ResNet(nn.Module):
     # CPU, bfloat16 on GPU / TPU), decided when traced (resnext_jax.ops.resolve_dtype).
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    # Where the weights come from and how their inputs were made (zoo.PretrainedCfg): set by
-    # create_model (the default weight set) and resnext_jax.load; shapes nothing.
-    pretrained_cfg: Any = None
 
     def setup(self) -> None:
         self._check_options()

@@ -1,7 +1,9 @@
 """The model zoo: named architectures and their known weight sets, as data.
 
-``create_model(name, **overrides)`` builds a model with its default weight set's config
-attached (``model.pretrained_cfg``, as timm attaches it); ``resnext_jax.load`` loads weights.
+``create_model(name, **overrides)`` builds a model; ``get_pretrained_cfg(name)`` gives its
+default weight set's config; ``resnext_jax.load`` loads weights (a ``Pretrained`` carries the
+config of the weights it holds).
+
 A weight set, like timm's pretrained configs, names the model it fits, its Hugging Face Hub
 copy, the published ImageNet-1k top-1 (torchvision's weight metadata, timm's results tables;
 None where the project has no figure on record) and the transform it was evaluated with.
@@ -86,14 +88,11 @@ def create_model(name: str, **overrides: Any) -> ResNet:
     Example: ``create_model("seresnext50_32x4d", num_classes=10, dtype=jnp.bfloat16)``;
     ``dtype="auto"`` computes in the fastest dtype for the platform the model is compiled
     for (:func:`resnext_jax.ops.fastest_dtype`: float32 on the CPU, bfloat16 on GPU / TPU).
-    The model carries its default weight set's config as ``model.pretrained_cfg`` (None
-    when the zoo knows no weights for it); ``resnext_jax.load(name)`` loads those weights.
+    ``resnext_jax.load(name)`` loads the default weight set's weights into it.
     """
     entry = get_entry(name)
     check_options(name, overrides)
-    defaults = [cfg for cfg in _SETS.values() if cfg.model == name]
-    return ResNet(**{**entry.kwargs, "pretrained_cfg": defaults[0] if defaults else None,
-                     **overrides})
+    return ResNet(**{**entry.kwargs, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)
