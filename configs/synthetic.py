@@ -13,7 +13,7 @@ def get_config():
     c = default_config()
     c.model.name = "seresnext50_32x4d"
     c.data.name = "synthetic"
-    c.batch_size = 64  # evaluation repeats the training batch: no eval_batch_size
+    c.batch_size = c.eval_batch_size = 64
     c.num_train_steps = 100
     c.log_every_steps = 10
     c.eval_every_epochs = 0.0

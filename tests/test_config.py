@@ -33,9 +33,6 @@ RULES = {
                                     ("optimizer.decay_factor", 0.5),
                                     {"optimizer.schedule": "step"},
                                     "does not apply to optimizer.schedule='constant'"),
-    "eval_batch_size_under_synthetic": ({"data.name": "synthetic"}, ("eval_batch_size", 64),
-                                        {"data.name": "imagenet2012"},
-                                        "does not apply to data.name='synthetic'"),
 }
 
 

@@ -475,3 +475,17 @@ def test_a_step_whose_update_overflows_is_not_finite():
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
     assert not np.all(np.isfinite(new.params["Dense_0"]["kernel"]))
     assert not bool(metrics["finite"])
+
+
+def test_synthetic_data_evaluates_in_batches_of_eval_batch_size(tmp_path):
+    from resnext_jax import train
+
+    config = _synthetic()
+    config.eval_batch_size = 16
+    run = train.create_run(config, str(tmp_path), train=False)
+    try:
+        (batch,) = list(run.eval_data)
+        assert batch["image"].shape[0] == run.eval_data.num_examples == 16
+        assert train.evaluate_state(run, run.fresh_state()).keys() >= {"eval/top1"}
+    finally:
+        run.close()

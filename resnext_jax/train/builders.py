@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.ops import compiler_options
+from resnext_jax.train.config import check_config
 from resnext_jax.train.mixing import Mixing
 from resnext_jax.train.optim import (
     create_optimizer,
@@ -90,8 +91,10 @@ def check_divisible(key: str, batch: int, devices: int, micro_batches: int = 1) 
                          f"--config.{key}={max(unit, batch // unit * unit)}")
 
 
-def check_batches(config: ConfigDict, devices: int) -> None:
-    """The train and eval batches split evenly over ``devices`` (and micro-batches)."""
+def check_run_config(config: ConfigDict, devices: int) -> None:
+    """Every knob the config sets applies to its run, and the train and eval batches split
+    evenly over ``devices`` (and micro-batches)."""
+    check_config(config)
     check_divisible("batch_size", config.batch_size, devices, config.grad_accum_steps)
     check_divisible("eval_batch_size", config.eval_batch_size, devices)
 
@@ -101,7 +104,7 @@ def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: i
                 variables: dict | None = None) -> Steps:
     """The optimizer, schedule, state shapes and jitted train / eval steps of ``config`` for
     ``model`` on ``mesh``; ``variables`` initialise the state (pretrained weights)."""
-    check_batches(config, mesh.size)
+    check_run_config(config, mesh.size)
     schedule = create_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                total_steps)
     d = config.data

@@ -149,15 +149,13 @@ _IGNORED = (
      "only the step schedule decays at epochs", "use schedule='step'"),
     ("optimizer.decay_factor", "optimizer.schedule", ("cosine", "constant"),
      "only the step schedule decays at epochs", "use schedule='step'"),
-    ("eval_batch_size", "data.name", ("synthetic",), "it evaluates its training batch",
-     "set batch_size"),
 )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """A UsageError, one line, for an unknown optimizer or schedule, or for a key set away from
     its default where the run ignores it: another optimizer's knob, a step-schedule knob under
-    another schedule, an eval batch for synthetic data."""
+    another schedule."""
     for key, choices in (("optimizer.name", OPTIMIZERS), ("optimizer.schedule", SCHEDULES)):
         if config[key] not in choices:
             raise UsageError(f"{key}={config[key]!r} is unknown; choose one of "

@@ -20,7 +20,7 @@ from resnext_jax.errors import UsageError
 from resnext_jax.train.builders import (
     Steps,
     build_steps,
-    check_batches,
+    check_run_config,
     make_mesh,
     model_from_config,
 )
@@ -96,7 +96,7 @@ def create_run(config: ConfigDict, workdir: str | os.PathLike, *, train: bool = 
     (for evaluation and inspection). Close it when done."""
     workdir = os.fspath(workdir)
     mesh = make_mesh()
-    check_batches(config, mesh.size)  # before the data is opened
+    check_run_config(config, mesh.size)  # before the data is opened
     source = open_source(config)
     num_classes = source.num_classes if source else config.model.num_classes or get_entry(
         config.model.name).kwargs.get("num_classes", 1000)
@@ -135,10 +135,12 @@ def open_data(config: ConfigDict, source: data.Source | None, cfg: PretrainedCfg
     unless ``train``), preprocessed for ``cfg``'s transform."""
     d, p, n = config.data, jax.process_index(), jax.process_count()
     if source is None:
-        synthetic = data.SyntheticData(
-            image_size=d.image_size, channels=d.channels, num_classes=cfg.num_classes,
-            global_batch=config.batch_size, process_count=n, seed=config.seed)
-        return synthetic, synthetic
+        def synthetic(batch: int) -> data.SyntheticData:
+            return data.SyntheticData(
+                image_size=d.image_size, channels=d.channels, num_classes=cfg.num_classes,
+                global_batch=batch, process_count=n, seed=config.seed)
+
+        return synthetic(config.batch_size), synthetic(config.eval_batch_size)
     preprocess = data.Preprocess(cfg.transform, image_size=d.image_size,
                                  train_kind=d.train_preprocess, pad=d.pad, flip=d.flip,
                                  auto_augment=d.auto_augment, erase_prob=d.random_erase,
