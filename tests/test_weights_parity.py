@@ -65,6 +65,7 @@ def _randomise_bn(model: object, seed: int) -> None:
                 module.running_var.copy_(0.5 * torch.rand(n, generator=gen) + 0.75)
 
 
+@pytest.mark.e2e  # full-size models in both frameworks: minutes on 2 cores
 @pytest.mark.parametrize("name", ["resnext50_32x4d", "seresnext50_32x4d"])
 def test_live_full_size_parity(name: str, tmp_path: object) -> None:
     torch = pytest.importorskip("torch", reason="live parity needs torch (.ci/run installs it)")
