@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from resnext_jax import create_model, ops
-from resnext_jax.ops import compiler
 from resnext_jax.ops.grouped import use_direct
 
 FAST = [name for name in ops.LOWERINGS if name not in ("xla", "auto")]
@@ -119,22 +118,33 @@ def test_max_pool_lowerings_match_xla(ceil_mode, pad, size, dtype):
                                       err_msg=f"{lowering} max-pool gradient")
 
 
-def test_auto_resolution_and_errors():
-    assert ops.resolve("auto") == ("fast" if jax.default_backend() == "cpu" else "xla")
-    assert ops.resolve("xla") == "xla"
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+def test_auto_picks_for_each_platform_a_lowering_with_xlas_numbers(platform):
+    """What "auto" resolves to for a platform is a concrete lowering, and it computes the
+    reference's output and gradients (checked on this CPU, which runs every lowering)."""
+    chosen = ops.resolve("auto", platform)
+    assert chosen in ops.LOWERINGS and chosen != "auto"
+    assert ops.resolve(chosen, platform) == chosen
+    x, kernel, kr = _conv_inputs(4, 4, 4, 3, 9, jnp.float32)
+    cotangent = jax.random.normal(kr, (x.shape[0], 5, 5, 16))
+    y_ref, grads_ref = _conv_loss_and_grads("xla", x, kernel, 2, 4, cotangent)
+    y, grads = _conv_loss_and_grads(chosen, x, kernel, 2, 4, cotangent)
+    for got, want, what in zip((y, *grads), (y_ref, *grads_ref), ("output", "dx", "dk"),
+                               strict=True):
+        _assert_close(got, want, jnp.float32, f"{chosen} {what}")
+
+
+def test_unknown_lowerings_are_refused():
     with pytest.raises(ValueError, match="unknown lowering 'cudnn'"):
         ops.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 1, 2, 2)), lowering="cudnn")
     with pytest.raises(ValueError, match="unknown lowering"):
         ops.max_pool(jnp.zeros((1, 4, 4, 2)), lowering="fastest")
 
 
-def test_model_default_lowering_is_auto():
-    assert create_model("tiny_resnext").lowering == "auto"
-
-
 def test_tiny_seresnext_train_step_matches_xla():
-    """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): same logits, grads,
-    with XLA's default compiler options and with ``ops.compiler_options()``.
+    """A whole network (stem, max-pool, grouped / 1x1 / strided convs, SE): the same logits and
+    gradients from ``fast`` under XLA's default compiler options and from the model as it comes
+    (its default lowering) under ``ops.compiler_options()``.
 
     ``zero_init_last=False`` so that the residual branches reach the output, and maps of at
     least 2x2 at the last stage so that train-mode BatchNorm statistics are well conditioned.
@@ -143,8 +153,9 @@ def test_tiny_seresnext_train_step_matches_xla():
     weights = jax.random.normal(jax.random.key(2), (4, 10))
     results = {}
     tuned = ops.compiler_options()
-    for lowering, options in [("xla", {}), ("fast", {}), ("fast", tuned)]:
-        model = create_model("tiny_seresnext", lowering=lowering, zero_init_last=False)
+    for lowering, options in [("xla", {}), ("fast", {}), (None, tuned)]:
+        fields = {"lowering": lowering} if lowering else {}
+        model = create_model("tiny_seresnext", zero_init_last=False, **fields)
         variables = model.init(jax.random.key(1), x)
 
         def loss(params, model=model, variables=variables):
@@ -162,12 +173,11 @@ def test_tiny_seresnext_train_step_matches_xla():
             _assert_close(g, flat_ref[path], jnp.float32, jax.tree_util.keystr(path))
 
 
-def test_compiler_options_per_backend():
-    assert ops.compiler_options(backend="gpu") == {}
-    assert ops.compiler_options(backend="tpu") == {}
-    # On the CPU (README "Speed"): only reductions go to YNNPACK; this jaxlib accepts it.
-    assert ops.compiler_options(backend="cpu") == {
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+def test_compiler_options_are_this_platforms_and_compile_here():
+    assert ops.compiler_options() == ops.compiler_options(backend=jax.default_backend())
+    x = jnp.arange(12.0).reshape(3, 4)
+    tuned = jax.jit(lambda x: jnp.sum(x * x, axis=0), compiler_options=ops.compiler_options())
+    np.testing.assert_array_equal(tuned(x), jnp.sum(x * x, axis=0))
 
 
 def test_inference_leaves_no_library_fusion_under_the_options():
@@ -186,15 +196,23 @@ def test_inference_leaves_no_library_fusion_under_the_options():
     assert fusions(ops.compiler_options()) == 0
 
 
-def test_fastest_dtype_and_auto():
-    assert ops.fastest_dtype("cpu") == jnp.float32
-    assert ops.fastest_dtype("gpu") == ops.fastest_dtype("tpu") == jnp.bfloat16
-    # "auto" is decided when the model is traced, for the platform compiled for (this CPU
-    # here; a TPU mesh in tests/test_aot.py).
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+def test_auto_dtype_is_the_platforms_fastest_and_a_named_dtype_stays(platform):
+    fastest = ops.fastest_dtype(platform)
+    assert jnp.issubdtype(fastest, jnp.floating)
+    assert ops.resolve_dtype("auto", platform) == fastest
+    assert ops.resolve_dtype(jnp.float16, platform) == jnp.float16
+
+
+def test_a_model_with_dtype_auto_computes_in_the_fastest_dtype_of_the_platform():
+    """Decided when the model is traced, for the platform compiled for: this CPU here (a TPU
+    mesh in tests/test_aot.py). Parameters stay float32."""
     model = create_model("tiny_resnext", dtype="auto")
     x = jnp.zeros((1, 32, 32, 3))
-    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x)[0])
-    assert out.dtype == ops.fastest_dtype() == jnp.float32
+    out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+    assert out.dtype == ops.fastest_dtype(jax.default_backend())
+    assert {p.dtype for p in jax.tree_util.tree_leaves(variables["params"])} == {
+        jnp.dtype(jnp.float32)}
 
 
 def test_huge_pages_hint(monkeypatch):
@@ -221,8 +239,9 @@ print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
     ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
     ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the opt-out
 ])
-def test_command_lines_restart_themselves_with_huge_pages(tunables, after):
-    if not compiler._huge_pages_supported():
+def test_command_lines_restart_themselves_with_huge_pages(tunables, after, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    if ops.huge_pages_hint("cpu") is None:  # with no tunable set, None means unsupported
         pytest.skip("no glibc >= 2.35 with transparent huge pages here")
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if tunables:
@@ -238,13 +257,9 @@ def test_command_lines_restart_themselves_with_huge_pages(tunables, after):
 
 
 def test_direct_form_is_computed_once_per_use():
-    """XLA must not fuse the direct form's multiply-adds into each of its consumers.
-
-    Without the fusion boundary, XLA:CPU recomputed them inside the BatchNorm statistics,
-    normalisation, ReLU and gradient fusions (42 % of a ResNeXt-50 step): here that would be
-    one compiled computation with >= 36 multiplies per consumer instead of two in all (the
-    forward and the input gradient), whatever the number of consumers.
-    """
+    """The compiled gradient holds the direct form's multiply-adds (>= 36 multiplies) in
+    exactly two computations, the forward and the input gradient, however many consumers
+    (BatchNorm statistics, normalisation, ReLU, the gradient) read its output."""
     x, kernel, _ = _conv_inputs(8, 4, 4, 3, 6, jnp.float32)
 
     def loss(x, kernel):
