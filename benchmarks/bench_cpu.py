@@ -65,8 +65,8 @@ def layer_times(batch, size, channels, stride, lowering, dtype, repeats, groups=
          ).astype(dtype)
 
     def conv(x, k):
-        return ops.conv2d(x, k, stride=stride, padding=((1, 1), (1, 1)), groups=groups,
-                          lowering=lowering)
+        return ops.conv2d(x, k, strides=stride, padding=((1, 1), (1, 1)),
+                          feature_group_count=groups, lowering=lowering)
 
     dy = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, dtype)
     fns = {"fwd": jit(lambda x, k, dy: conv(x, k), options),

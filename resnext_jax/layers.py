@@ -73,8 +73,9 @@ class Conv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = torch_padding(k, self.strides) if self.padding is None else self.padding
-        y = ops.conv2d(x, kernel, stride=self.strides, padding=((pad, pad), (pad, pad)),
-                       groups=groups, lowering=self.lowering, data_axis=self.data_axis)
+        y = ops.conv2d(x, kernel, strides=self.strides, padding=((pad, pad), (pad, pad)),
+                       feature_group_count=groups, lowering=self.lowering,
+                       data_axis=self.data_axis)
         return y if bias is None else y + bias
 
 

@@ -19,8 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import resnext_jax as rx
 from resnext_jax import hlo
-from resnext_jax.train.mixing import Mixing
-from resnext_jax.train.steps import create_state, make_eval_step, make_train_step
+from resnext_jax.train.steps import Mixing, create_state, make_eval_step, make_train_step
 
 assert jax.device_count() == 8, jax.devices()
 SIZE, BATCH = 32, 16

@@ -1,4 +1,4 @@
-"""Mixup / CutMix on the device (resnext_jax.train.mixing): timm's batch-mode semantics, and
+"""Mixup / CutMix on the device (resnext_jax.train.steps): timm's batch-mode semantics, and
 the same mixed batch whatever the number of devices."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnext_jax.train.mixing import Mixing, mix
+from resnext_jax.train.steps import Mixing, mix
 
 IMAGES = jax.random.normal(jax.random.key(0), (8, 12, 16, 3))
 LABELS = jnp.array([0, 1, 2, 3, 4, 0, 1, 2])

@@ -44,7 +44,7 @@ def _conv_loss_and_grads(lowering, x, kernel, stride, groups, cotangent):
     pad = ((kernel.shape[0] - 1) // 2,) * 2
 
     def loss(x, kernel):
-        y = ops.conv2d(x, kernel, stride=stride, padding=(pad, pad), groups=groups,
+        y = ops.conv2d(x, kernel, strides=stride, padding=(pad, pad), feature_group_count=groups,
                        lowering=lowering)
         return jnp.sum(y.astype(jnp.float32) * cotangent), y
 
@@ -89,8 +89,8 @@ def test_vmap_and_grad_of_vmap(lowering):
     x = x.reshape(3, 2, *x.shape[1:])  # a leading vmapped axis over batches of 2
 
     def f(lowering, kernel):
-        conv = lambda v: ops.conv2d(v, kernel, stride=2, padding=((1, 1), (1, 1)),  # noqa: E731
-                                    groups=4, lowering=lowering)
+        conv = lambda v: ops.conv2d(v, kernel, strides=2, padding=((1, 1), (1, 1)),  # noqa: E731
+                                    feature_group_count=4, lowering=lowering)
         return jnp.sum(jax.vmap(conv)(x) ** 2)
 
     ref, ref_grad = jax.jit(jax.value_and_grad(lambda k: f("xla", k)))(kernel)
@@ -263,7 +263,7 @@ def test_direct_form_is_computed_once_per_use():
     x, kernel, _ = _conv_inputs(8, 4, 4, 3, 6, jnp.float32)
 
     def loss(x, kernel):
-        y = ops.conv2d(x, kernel, padding=((1, 1), (1, 1)), groups=8, lowering="fast")
+        y = ops.conv2d(x, kernel, padding=((1, 1), (1, 1)), feature_group_count=8, lowering="fast")
         mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
         return jnp.sum(jax.nn.relu((y - mean) / jnp.sqrt(var + 1e-5)) ** 2)
 
@@ -282,7 +282,8 @@ def test_direct_form_propagates_non_finite_values_like_xla(bad):
              (x.at[1, 2, 3, 5].set(bad), kernel),
              (x, kernel.at[0, 0, 0, 0].set(bad)), (x, kernel.at[1, 2, 3, 5].set(bad))]
     for inputs, k in cases:
-        out = {lo: ops.conv2d(inputs, k, padding=((1, 1), (1, 1)), groups=8, lowering=lo)
+        out = {lo: ops.conv2d(inputs, k, padding=((1, 1), (1, 1)), feature_group_count=8,
+                              lowering=lo)
                for lo in ("xla", "fast")}
         np.testing.assert_array_equal(np.isnan(out["fast"]), np.isnan(out["xla"]))
         finite = np.isfinite(out["xla"])
@@ -300,7 +301,7 @@ SHARDED = textwrap.dedent("""
     x = jax.device_put(x, NamedSharding(mesh, P("data")))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 16)) / 6
     def loss(x, kernel, lowering):
-        y = ops.conv2d(x, kernel, stride=2, padding=((1, 1), (1, 1)), groups=4,
+        y = ops.conv2d(x, kernel, strides=2, padding=((1, 1), (1, 1)), feature_group_count=4,
                        lowering=lowering)
         y = ops.max_pool(jax.nn.relu(y), 3, 2, 1, lowering=lowering)
         return jnp.sum(y ** 2)

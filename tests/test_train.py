@@ -18,7 +18,6 @@ import pytest
 
 from resnext_jax import create_model
 from resnext_jax.train import default_config
-from resnext_jax.train.mixing import Mixing, mix
 from resnext_jax.train.optim import (
     create_optimizer,
     create_schedule,
@@ -27,10 +26,12 @@ from resnext_jax.train.optim import (
     peak_learning_rate,
 )
 from resnext_jax.train.steps import (
+    Mixing,
     create_state,
     ema_decay_at,
     make_eval_step,
     make_train_step,
+    mix,
 )
 
 

@@ -5,8 +5,8 @@ convolution / reduce_window, forward and gradient. ``"einsum_grad"`` and ``"fast
 compute the same numbers from the same kernel layout (so checkpoints never depend on the
 lowering) by paths that XLA:CPU runs faster; ``"portable"`` by operators that ONNX has
 (export); ``"auto"`` (the default) picks one for the platform being compiled for
-(:func:`resolve`, :func:`target_platform`). See
-:mod:`resnext_jax.ops.conv` and the README's "Speed".
+(:func:`resolve`, :func:`target_platform`). See :mod:`resnext_jax.ops.lowering` and
+docs/speed.md.
 :func:`compiler_options` are the XLA options to ``jax.jit`` these models with.
 """
 
@@ -18,8 +18,7 @@ from resnext_jax.ops.compiler import (
     resolve_dtype,
     target_platform,
 )
-from resnext_jax.ops.conv import LOWERINGS, conv2d, resolve
-from resnext_jax.ops.pool import avg_pool_ceil, max_pool
+from resnext_jax.ops.lowering import LOWERINGS, avg_pool_ceil, conv2d, max_pool, resolve
 from resnext_jax.ops.sharding import DATA_AXIS, AxisName, manual
 
 __all__ = ["DATA_AXIS", "LOWERINGS", "AxisName", "avg_pool_ceil", "compiler_options", "conv2d",

@@ -19,7 +19,6 @@ from resnext_jax.errors import UsageError
 from resnext_jax.model import ResNet
 from resnext_jax.ops import compiler_options
 from resnext_jax.train.config import check_config
-from resnext_jax.train.mixing import Mixing
 from resnext_jax.train.optim import (
     create_optimizer,
     create_schedule,
@@ -28,6 +27,7 @@ from resnext_jax.train.optim import (
 )
 from resnext_jax.train.steps import (
     DATA_AXIS,
+    Mixing,
     TrainState,
     create_state,
     make_eval_step,

@@ -96,7 +96,7 @@ def default_config() -> Config:
     c.data.num_shards = 0  # 0: one per process. Same value => same global batches anywhere
     c.data.bad_images = "skip"  # unreadable images in a folder: "skip" (counted) or "fail"
 
-    # Mixup / CutMix on the device, timm's semantics (resnext_jax/train/mixing.py); on when an
+    # Mixup / CutMix on the device, timm's semantics (resnext_jax/train/steps.py, mix); on when an
     # alpha is > 0. Needs an even number of rows per device.
     c.mixing = Config()
     c.mixing.mixup_alpha = 0.0
