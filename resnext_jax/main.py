@@ -41,7 +41,7 @@ from ml_collections import config_flags  # noqa: E402
 from resnext_jax.console import KNOWN_NOTICES, filtered_native_stderr  # noqa: E402
 from resnext_jax.errors import UsageError, verbose  # noqa: E402
 from resnext_jax.ops import reexec_with_huge_pages  # noqa: E402
-from resnext_jax.workdir import CHECKPOINTS, FINAL_WEIGHTS, METRICS  # noqa: E402
+from resnext_jax.workdir import CHECKPOINTS, FINAL_WEIGHTS, METRICS, is_remote  # noqa: E402
 from resnext_jax.zoo import get_entry  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -184,7 +184,7 @@ def _report(result: dict) -> None:
 
 def _check_workdir(workdir: str) -> None:
     """A workdir that can be created and written, found before anything is created."""
-    if "://" in workdir:
+    if is_remote(workdir):
         return
     existing = workdir
     while existing and not os.path.exists(existing):

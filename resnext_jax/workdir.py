@@ -12,3 +12,8 @@ STATE, DIGEST = "state", "digest"
 # Keys of the DIGEST item: sha256 of the whole train state, and of the weights a load of the
 # workdir returns (the moving average when the run kept one), both by resnext_jax.digest.
 STATE_SHA256, WEIGHTS_SHA256 = "sha256", "weights_sha256"
+
+
+def is_remote(path: str) -> bool:
+    """An object-store URL (``gs://``, ``s3://`` ...): no appends, no directory renames."""
+    return "://" in path

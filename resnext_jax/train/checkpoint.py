@@ -25,9 +25,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from resnext_jax.digest import tree_digest
-from resnext_jax.train.workdir_io import is_remote
 from resnext_jax.weights.errors import tree_differences
-from resnext_jax.workdir import DIGEST, STATE, STATE_SHA256, WEIGHTS_SHA256
+from resnext_jax.workdir import DIGEST, STATE, STATE_SHA256, WEIGHTS_SHA256, is_remote
 
 # What TensorStore says in its errors about a damaged file (status codes, decoder messages),
 # and what says nothing about the file (the storage, the network or the machine).

@@ -32,9 +32,16 @@ from resnext_jax.train.checkpoint import Checkpointer
 from resnext_jax.train.metrics import MetricWriter
 from resnext_jax.train.run import Run, create_run
 from resnext_jax.train.steps import TrainState
-from resnext_jax.train.workdir_io import WorkdirLock, append_line, is_remote, write_text
+from resnext_jax.train.workdir_io import WorkdirLock, append_line, write_text
 from resnext_jax.weights import Pretrained, native
-from resnext_jax.workdir import CONFIG, EVAL_METRICS, FINAL_METRICS, FINAL_WEIGHTS, MODEL
+from resnext_jax.workdir import (
+    CONFIG,
+    EVAL_METRICS,
+    FINAL_METRICS,
+    FINAL_WEIGHTS,
+    MODEL,
+    is_remote,
+)
 
 
 class NonFiniteLossError(FloatingPointError):

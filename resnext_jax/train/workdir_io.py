@@ -12,11 +12,7 @@ import time
 import tensorflow as tf
 
 from resnext_jax.files import append_text, atomic_write, open_no_follow
-
-
-def is_remote(path: str) -> bool:
-    """An object-store URL (``gs://``, ``s3://`` ...): no appends, no directory renames."""
-    return "://" in path
+from resnext_jax.workdir import is_remote
 
 
 def write_text(path: str, text: str) -> None:
