@@ -17,7 +17,7 @@ import pytest
 from weight_fixtures import FIXTURES, fixture_state
 
 from resnext_jax.weights import WeightsFileError, read_state_dict
-from resnext_jax.weights.torch_files import read_pth
+from resnext_jax.weights.torch_pth import read_pth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PTH = {"zip": os.path.join(FIXTURES, "timm_seresnext_t.pth"),
@@ -155,6 +155,6 @@ def test_a_torch_with_known_bypasses_is_not_used(monkeypatch):
     from resnext_jax.weights import torch_files
 
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.5.1+cpu"))
-    assert torch_files._trusted_torch() is None
+    assert torch_files.trusted_torch() is None
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.10.0"))
-    assert torch_files._trusted_torch() is not None
+    assert torch_files.trusted_torch() is not None
