@@ -9,6 +9,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import types
 import warnings
 import zipfile
 
@@ -22,13 +23,13 @@ from resnext_jax.weights.torch_pth import read_pth
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PTH = {"zip": os.path.join(FIXTURES, "timm_seresnext_t.pth"),
        "legacy": os.path.join(FIXTURES, "legacy_seresnext.legacy.pth")}
+_FIXTURE = {"zip": "timm_seresnext_t", "legacy": "legacy_seresnext"}  # their safetensors copies
 
 
 @pytest.mark.parametrize("kind", sorted(PTH))
 def test_pth_reads_without_torch_as_the_safetensors_copy(kind, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    name = "timm_seresnext_t" if kind == "zip" else "legacy_seresnext"
-    got, want = read_state_dict(PTH[kind]), fixture_state(name)
+    got, want = read_state_dict(PTH[kind]), fixture_state(_FIXTURE[kind])
     assert got.keys() == want.keys()
     for key in want:
         assert got[key].dtype == want[key].dtype, key
@@ -79,7 +80,7 @@ def test_a_pickle_that_would_run_code_is_refused_in_every_place(tmp_path):
     cases = {
         "zip data.pkl": _zip([("a/data.pkl", payload), ("a/version", b"3\n")]),
         "legacy object": _legacy(payload, pickle.dumps([], protocol=2)),
-        # torch unpickles the storage-keys list too; a scanner that skipped it missed this
+        # torch unpickles the storage-keys list too, so it is checked like the object
         "legacy storage keys": _legacy(empty, payload),
     }
     for case, data in cases.items():
@@ -148,13 +149,45 @@ def test_read_pth_returns_the_containers():
     assert all(isinstance(v, np.ndarray) for v in obj["state_dict"].values())
 
 
-def test_a_torch_with_known_bypasses_is_not_used(monkeypatch):
-    """torch before 2.10 had published weights_only bypasses: only this module's reader."""
-    import types
+def test_legacy_tensors_are_views_of_the_file_bytes():
+    data = _read(PTH["legacy"])
+    whole = np.frombuffer(data, np.uint8)
+    obj = read_pth(data)
+    assert obj and all(np.shares_memory(v, whole) for v in obj.values())
 
-    from resnext_jax.weights import torch_files
 
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.5.1+cpu"))
-    assert torch_files.trusted_torch() is None
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.10.0"))
-    assert torch_files.trusted_torch() is not None
+def _fake_torch(version: str, load) -> types.SimpleNamespace:
+    return types.SimpleNamespace(__version__=version, load=load, Tensor=type("Tensor", (), {}))
+
+
+@pytest.mark.parametrize(("version", "trusted"), [("2.5.1+cpu", False), ("2.9.1", False),
+                                                  ("2.10.0", True), ("3.0.0", True)])
+@pytest.mark.parametrize("kind", sorted(PTH))
+def test_only_a_torch_without_known_bypasses_cross_checks_the_reading(kind, version, trusted,
+                                                                     monkeypatch):
+    """torch before 2.10 had published weights_only bypasses: it never sees the file. A later
+    one reads the same bytes with weights_only, and a reading other than ours (here: no
+    tensors at all) refuses the file."""
+    calls = []
+
+    def load(stream, **kwargs):
+        calls.append((stream.read(), kwargs.get("weights_only")))
+        return {}
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(version, load))
+    if trusted:
+        with pytest.raises(WeightsFileError, match="torch reads other tensors"):
+            read_state_dict(PTH[kind])
+        assert calls == [(_read(PTH[kind]), True)]
+    else:
+        assert read_state_dict(PTH[kind]).keys() == fixture_state(_FIXTURE[kind]).keys()
+        assert calls == []
+
+
+def test_a_file_torch_refuses_reads_as_without_torch(monkeypatch):
+    def load(stream, **kwargs):
+        raise RuntimeError("weights_only load failed")
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch("2.10.0", load))
+    got, want = read_state_dict(PTH["legacy"]), fixture_state("legacy_seresnext")
+    assert got.keys() == want.keys()

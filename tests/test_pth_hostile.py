@@ -102,7 +102,7 @@ CORPUS = {
     "1500 strided views of one storage": (archive(state_dict(*[
         (s(f"w{k}"), tensor("0", 2**18, 0, (512, 512), (1, 512))) for k in range(1500)]),
         MIB_OF_FLOATS), "more than 2x"),
-    # hangs: a key hashed 2**60 times; a value of 2**40 leaves formatted into a message
+    # time: a key hashed 2**60 times; a value of 2**40 leaves formatted into a message
     "tuple key doubled 60 times": (archive(
         PROTO + EMPTY_DICT + _doubled(60, EMPTY_TUPLE) + s("v") + SETITEM + STOP),
         "not a string"),
@@ -112,12 +112,12 @@ CORPUS = {
     "size of 2**40 leaves": (archive(state_dict((s("w"), g("torch._utils", "_rebuild_tensor_v2")
         + tup(storage("0", 1), i(0), _doubled(40, i(1)), tup(i(1)), NEWFALSE) + REDUCE)),
         ONE_FLOAT), "too large or too deep"),
-    # crash: 10**6 nested tuples (as a key and as a value)
+    # recursion: 10**6 nested tuples (as a key and as a value)
     "key nested 10**6 deep": (archive(
         PROTO + EMPTY_DICT + _nested(10**6) + s("v") + SETITEM + STOP), "not a string"),
     "value nested 10**6 deep": (archive(
         PROTO + EMPTY_DICT + s("w") + _nested(10**6) + SETITEM + STOP), "too large or too deep"),
-    # tracebacks: a state dict inside itself; int keys
+    # one-line refusals, not tracebacks: a state dict inside itself; int keys
     "state_dict inside itself": (archive(
         PROTO + EMPTY_DICT + put(0) + s("state_dict") + get(0) + SETITEM + STOP),
         "inside itself"),

@@ -102,13 +102,13 @@ def _read_pth(path: str) -> dict[str, np.ndarray]:
             "weights_only=False), then save its state dict with safetensors.torch.save_file"
         ) from None
     tensors = {k: v for k, v in _unwrap(obj, path).items() if isinstance(v, np.ndarray)}
-    torch = trusted_torch()
+    torch = _trusted_torch()
     if torch is not None:
         _check_torch_agrees(torch, data, tensors, path)
     return tensors
 
 
-def trusted_torch() -> Any:
+def _trusted_torch() -> Any:
     """torch, where it is installed in a release without known weights_only bypasses."""
     try:
         import torch

@@ -42,7 +42,7 @@ def check_pickle(data: bytes, start: int = 0) -> int:
     stack: list[Any] = []
     memo: dict[int, _Node] = {}
     mark = object()
-    end, result = 0, None
+    end, result = start, None
 
     def pop_to_mark() -> list:
         if mark not in stack:
@@ -169,11 +169,3 @@ def _check_tree(root: _Node) -> None:
         todo.append((node, True))
         todo += [(c, False) for c in node.children if id(c) not in size]
 
-
-def short(value: Any) -> str:
-    """A value from the file, described without formatting all of it (an attacker sizes it)."""
-    if isinstance(value, str):
-        return repr(value[:60])
-    if isinstance(value, tuple | list | dict):
-        return f"a {type(value).__name__} of {len(value)}"
-    return type(value).__name__

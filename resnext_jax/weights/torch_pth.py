@@ -15,12 +15,13 @@ import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from resnext_jax.weights.errors import WeightsFileError
-from resnext_jax.weights.torch_pickle import check_pickle, short
+from resnext_jax.weights.torch_pickle import check_pickle
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -34,10 +35,19 @@ _MEMBER = re.compile(r"^[^/]+/(data\.pkl|version|\.format_version|\.storage_alig
                      r"byteorder|\.data/serialization_id|data/\d+)$")
 
 
+def _short(value: Any) -> str:
+    """A value from the file, described without formatting all of it (an attacker sizes it)."""
+    if isinstance(value, str):
+        return repr(value[:60])
+    if isinstance(value, tuple | list | dict):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
 def _dtype(storage_type: Any) -> np.dtype:
     name = getattr(storage_type, "name", None)
     if name not in _STORAGE_DTYPES:
-        raise WeightsFileError(f"unsupported storage type {short(name)}")
+        raise WeightsFileError(f"unsupported storage type {_short(name)}")
     kind = _STORAGE_DTYPES[name]
     if kind == "bfloat16":
         import ml_dtypes
@@ -111,8 +121,11 @@ def _size(*args: Any) -> tuple:
     return tuple(*args) if args else ()
 
 
+_Storages = Callable[[Any], _Storage]  # a persistent id to its storage
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, storages: Any, budget: _Budget) -> None:
+    def __init__(self, data: bytes, storages: _Storages, budget: _Budget) -> None:
         super().__init__(io.BytesIO(data))
         self._storages, self._budget = storages, budget
 
@@ -128,7 +141,7 @@ class _Unpickler(pickle.Unpickler):
             return _size
         if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise WeightsFileError(f"its pickle references {short(module)}.{short(name)}, which "
+        raise WeightsFileError(f"its pickle references {_short(module)}.{_short(name)}, which "
                                "a plain state dict never needs, so loading it could run "
                                "arbitrary code")
 
@@ -136,12 +149,9 @@ class _Unpickler(pickle.Unpickler):
         return self._storages(pid)
 
 
-def _load_pickle(data: bytes, storages: Any, file_bytes: int = 0, *,
-                 checked: bool = False) -> Any:
-    """Unpickle ``data`` (checked first, unless ``checked``); tensor copies may take
+def _load_pickle(data: bytes, storages: _Storages, file_bytes: int = 0) -> Any:
+    """Unpickle ``data``, a pickle :func:`check_pickle` has passed; tensor copies may take
     ``_Budget(file_bytes)``, the size of the whole file the pickle came from."""
-    if not checked:
-        check_pickle(data)
     try:
         return _Unpickler(data, storages, _Budget(file_bytes)).load()
     except WeightsFileError:
@@ -173,7 +183,7 @@ def _read_zip(data: bytes) -> Any:
     strange = [n for n in names if not _MEMBER.match(n)]
     if len(prefixes) != 1 or strange or not any(n.endswith("/data.pkl") for n in names):
         raise WeightsFileError(f"members outside a torch.save archive's layout: "
-                       f"{(strange or names)[:5]}")
+                               f"{(strange or names)[:5]}")
     if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
         raise WeightsFileError("compressed members: torch.save stores them uncompressed")
     _check_one_archive(data, infos)
@@ -188,18 +198,20 @@ def _read_zip(data: bytes) -> Any:
 
     def storage(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise WeightsFileError(f"unexpected persistent id ({short(pid)})")
+            raise WeightsFileError(f"unexpected persistent id ({_short(pid)})")
         _, storage_type, key, _, numel = pid
         dtype = _dtype(storage_type)
         name = f"{prefix}/data/{key}"
         if not isinstance(key, str) or name not in members or type(numel) is not int:
-            raise WeightsFileError(f"storage {short(key)} is missing")
+            raise WeightsFileError(f"storage {_short(key)} is missing")
         if members[name].file_size != numel * dtype.itemsize:
             raise WeightsFileError(f"storage {key}: {members[name].file_size} bytes for {numel} "
-                           f"elements of {dtype}")
+                                   f"elements of {dtype}")
         return _Storage(np.frombuffer(read(name), dtype))
 
-    return _load_pickle(read(f"{prefix}/data.pkl"), storage, len(data))
+    pkl = read(f"{prefix}/data.pkl")
+    check_pickle(pkl)
+    return _load_pickle(pkl, storage, len(data))
 
 
 def _check_one_archive(data: bytes, infos: list[zipfile.ZipInfo]) -> None:
@@ -214,7 +226,7 @@ def _check_one_archive(data: bytes, infos: list[zipfile.ZipInfo]) -> None:
         header = data[at:at + 30]
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
             raise WeightsFileError(f"no local header where the directory puts "
-                                   f"{short(info.filename)}")
+                                   f"{_short(info.filename)}")
         (length,) = struct.unpack("<H", header[26:28])
         if data[at + 30:at + 30 + length] != info.orig_filename.encode("utf-8", "surrogateescape"):
             raise WeightsFileError(f"the local header at {at} names another member than the "
@@ -224,36 +236,38 @@ def _check_one_archive(data: bytes, infos: list[zipfile.ZipInfo]) -> None:
 def _read_legacy(data: bytes) -> Any:
     """torch's ``_legacy_save`` stream: magic number, protocol, system info, the object,
     the sorted storage keys, then each storage as an 8-byte element count and its bytes.
-    The object is read twice: once to learn its storages, once to build its tensors; each
-    pickle is checked once."""
+    The object is read twice: once to learn its storages, once to build its tensors."""
     pickles, pos = [], 0
     for _ in range(5):
         end = check_pickle(data, pos)
+        # The unpickler gets exactly the checked bytes (a FRAME cannot reach past them): a
+        # copy of this pickle only, not of the rest of the file.
         pickles.append(data[pos:end])
         pos = end
     magic, protocol, info, obj, keys = pickles
-    if _load_pickle(magic, _no_storage, checked=True) != _LEGACY_MAGIC \
-            or _load_pickle(protocol, _no_storage, checked=True) != _LEGACY_PROTOCOL:
+    if _load_pickle(magic, _no_storage) != _LEGACY_MAGIC \
+            or _load_pickle(protocol, _no_storage) != _LEGACY_PROTOCOL:
         raise WeightsFileError("neither a zip archive nor torch's legacy format")
-    info = _load_pickle(info, _no_storage, checked=True)
+    info = _load_pickle(info, _no_storage)
     if not isinstance(info, dict) or not info.get("little_endian", False):
         raise WeightsFileError("not a little-endian legacy torch file")
     declared: dict[str, tuple[np.dtype, int]] = {}
 
     def learn(pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise WeightsFileError(f"unexpected persistent id ({short(pid)})")
+            raise WeightsFileError(f"unexpected persistent id ({_short(pid)})")
         _, storage_type, key, _, numel, view = pid
         if view is not None or not isinstance(numel, int) or numel < 0:
             raise WeightsFileError("storage views are not supported")
         declared[key] = (_dtype(storage_type), numel)
         return _Storage(None)
 
-    _load_pickle(obj, learn, checked=True)
-    keys = _load_pickle(keys, _no_storage, checked=True)
+    _load_pickle(obj, learn)
+    keys = _load_pickle(keys, _no_storage)
     if not isinstance(keys, list) or sorted(declared) != sorted(keys):
         raise WeightsFileError("the storage keys do not match the storages the object uses")
     arrays = {}
+    view = memoryview(data)  # storages are read-only views of the file's bytes, not copies
     for key in keys:
         dtype, numel = declared[key]
         if pos + 8 > len(data):
@@ -262,12 +276,12 @@ def _read_legacy(data: bytes) -> Any:
         size = count * dtype.itemsize
         if count != numel or pos + 8 + size > len(data):
             raise WeightsFileError(f"storage {key}: {count} elements declared, {numel} expected, "
-                           f"{len(data) - pos - 8} bytes left")
-        arrays[key] = _Storage(np.frombuffer(data[pos + 8:pos + 8 + size], dtype))
+                                   f"{len(data) - pos - 8} bytes left")
+        arrays[key] = _Storage(np.frombuffer(view[pos + 8:pos + 8 + size], dtype))
         pos += 8 + size
     if pos != len(data):
         raise WeightsFileError(f"{len(data) - pos} bytes after the last storage")
-    return _load_pickle(obj, lambda pid: arrays[pid[2]], len(data), checked=True)
+    return _load_pickle(obj, lambda pid: arrays[pid[2]], len(data))
 
 
 def _no_storage(pid: Any) -> None:
