@@ -191,3 +191,10 @@ def test_a_file_torch_refuses_reads_as_without_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", _fake_torch("2.10.0", load))
     got, want = read_state_dict(PTH["legacy"]), fixture_state("legacy_seresnext")
     assert got.keys() == want.keys()
+
+
+def test_legacy_storage_keys_that_are_not_strings_are_refused(tmp_path):
+    """torch names legacy storages by strings; a list mixing ints and strings is refused in
+    one line, not sorted into a TypeError."""
+    _refused(_legacy(pickle.dumps({}, protocol=2), pickle.dumps([1, "a"], protocol=2)),
+             tmp_path, "storage keys do not match")

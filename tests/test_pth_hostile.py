@@ -123,6 +123,8 @@ CORPUS = {
         "inside itself"),
     "int keys": (archive(PROTO + EMPTY_DICT + MARK + i(3) + tensor("0", 1, 0, (1,), (1,))
                          + SETITEMS + STOP, ONE_FLOAT), "not a string"),
+    # memory: one object memoized at index 2**31 (the unpickler sizes its memo table by it)
+    "memo index 2**31": (archive(PROTO + EMPTY_DICT + put(2**31) + STOP), "memo index"),
     # BUILD onto the loader's own rebuild function
     "BUILD onto an allowed global": (archive(
         PROTO + g("torch._utils", "_rebuild_tensor_v2") + EMPTY_DICT + s("__doc__") + s("x")

@@ -89,7 +89,11 @@ def check_pickle(data: bytes, start: int = 0) -> int:
             elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
                 if not stack or stack[-1] is mark:
                     raise WeightsFileError("a damaged pickle: nothing to memoize")
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not 0 <= index < MAX_OBJECTS:  # the unpickler sizes its memo by the index
+                    raise WeightsFileError(f"its pickle stores an object at memo index {index}; "
+                                           f"a state dict needs fewer than {MAX_OBJECTS:,}")
+                memo[index] = stack[-1]
             elif name in ("BINGET", "LONG_BINGET", "GET"):
                 if arg not in memo:
                     raise WeightsFileError("a damaged pickle: a memo reference to nothing")

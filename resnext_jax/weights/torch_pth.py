@@ -264,7 +264,8 @@ def _read_legacy(data: bytes) -> Any:
 
     _load_pickle(obj, learn)
     keys = _load_pickle(keys, _no_storage)
-    if not isinstance(keys, list) or sorted(declared) != sorted(keys):
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in [*keys, *declared]) \
+            or sorted(declared) != sorted(keys):
         raise WeightsFileError("the storage keys do not match the storages the object uses")
     arrays = {}
     view = memoryview(data)  # storages are read-only views of the file's bytes, not copies
