@@ -1,4 +1,4 @@
-"""Trainer parts in-process: schedules, weight-decay mask, optimizers, the train step
+"""Training parts in-process: schedules, weight-decay mask, optimizers, the train step
 (gradient accumulation, EMA, label smoothing) and the masked eval step."""
 
 from __future__ import annotations
