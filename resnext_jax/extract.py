@@ -36,7 +36,6 @@ from resnext_jax.extract_inputs import fingerprint, image_batches, list_images
 from resnext_jax.extract_store import ChunkStore, write_output
 from resnext_jax.ops import resolve_dtype
 from resnext_jax.transforms import INTERPOLATIONS, Transform
-from resnext_jax.transforms import load_image as load_image  # notebook 01 names extract.load_image
 from resnext_jax.weights.native import architecture
 
 HEAD_OUTPUTS = ("pre_logits", "logits")
