@@ -17,14 +17,13 @@ from resnext_jax import workdir
 from resnext_jax.digest import tree_digest
 from resnext_jax.weights import native
 from resnext_jax.weights.errors import WeightsFileError
-
-FOLDER_WEIGHTS = "model.msgpack"  # a folder written by save_pretrained (or a Hub copy)
+from resnext_jax.weights.hub import NATIVE_FILE
 
 
 def read_folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``(file, meta, variables)`` of a folder from save_pretrained, a training workdir's
     final weights, else its newest checkpoint."""
-    for name in (FOLDER_WEIGHTS, workdir.FINAL_WEIGHTS):
+    for name in (NATIVE_FILE, workdir.FINAL_WEIGHTS):
         if os.path.isfile(final := os.path.join(path, name)):
             return (final, *native.read(final))
     spec = os.path.join(path, workdir.MODEL)
@@ -33,7 +32,7 @@ def read_folder(path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         reverse=True)
     if not os.path.isfile(spec) or not steps:
         raise WeightsFileError(f"{path} is a folder without weights: neither "
-                               f"{FOLDER_WEIGHTS} (save_pretrained), {workdir.FINAL_WEIGHTS} nor a "
+                               f"{NATIVE_FILE} (save_pretrained), {workdir.FINAL_WEIGHTS} nor a "
                                f"training workdir's {workdir.MODEL} and {workdir.CHECKPOINTS}/")
     try:
         with open(spec, encoding="utf-8") as f:

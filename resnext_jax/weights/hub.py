@@ -14,7 +14,8 @@ import urllib.parse
 from resnext_jax.weights.errors import WeightsFileError
 
 # Preferred first: our own file (save_pretrained also writes model.safetensors), then timm's.
-HUB_FILES = ("model.msgpack", "model.safetensors", "pytorch_model.bin")
+NATIVE_FILE = "model.msgpack"  # our own format, in a save_pretrained folder or a Hub repo
+HUB_FILES = (NATIVE_FILE, "model.safetensors", "pytorch_model.bin")
 HUB_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

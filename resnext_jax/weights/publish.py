@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from resnext_jax.files import atomic_write
+from resnext_jax.weights.hub import NATIVE_FILE
 from resnext_jax.weights.pretrained import Pretrained
 from resnext_jax.weights.torch_names import model_layout
 
-WEIGHTS, TORCH_WEIGHTS, CONFIG, CARD = ("model.msgpack", "model.safetensors", "config.json",
-                                        "README.md")
+TORCH_WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 
 
 def save_pretrained(pretrained: Pretrained, folder: str | os.PathLike, *,
@@ -31,7 +31,7 @@ def save_pretrained(pretrained: Pretrained, folder: str | os.PathLike, *,
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     model, cfg, t = pretrained.model, pretrained.cfg, pretrained.transform
-    pretrained.save(os.path.join(folder, WEIGHTS))
+    pretrained.save(os.path.join(folder, NATIVE_FILE))
     pretrained.export_torch(os.path.join(folder, TORCH_WEIGHTS))
     timm_config = {
         "architecture": cfg.model, "num_classes": model.num_classes,
