@@ -30,6 +30,7 @@ from resnext_jax.ops import resolve_dtype
 from resnext_jax.train.builders import (
     abstract_batch,
     build_steps,
+    check_run_config,
     make_mesh,
     model_from_config,
 )
@@ -164,6 +165,7 @@ def compile_for(config: ConfigDict, topology: str, num_slices: int = 1) -> Repor
     """
     devices = topology_devices(topology, num_slices)
     mesh = make_mesh(devices)
+    check_run_config(config, mesh.size)
     num_classes = config.model.num_classes or get_entry(config.model.name).kwargs.get(
         "num_classes", 1000)
     model, _ = model_from_config(config, num_classes, weights=False)

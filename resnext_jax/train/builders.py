@@ -103,8 +103,8 @@ def build_steps(config: ConfigDict, model: ResNet, mesh: Mesh, *, num_classes: i
                 steps_per_epoch: int, total_steps: int,
                 variables: dict | None = None) -> Steps:
     """The optimizer, schedule, state shapes and jitted train / eval steps of ``config`` for
-    ``model`` on ``mesh``; ``variables`` initialise the state (pretrained weights)."""
-    check_run_config(config, mesh.size)
+    ``model`` on ``mesh``; ``variables`` initialise the state (pretrained weights). The
+    callers check the config first (:func:`check_run_config`)."""
     schedule = create_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                total_steps)
     d = config.data
