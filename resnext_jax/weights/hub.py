@@ -14,8 +14,10 @@ import urllib.parse
 from resnext_jax.weights.errors import WeightsFileError
 
 # Preferred first: our own file (save_pretrained also writes model.safetensors), then timm's.
-NATIVE_FILE = "model.msgpack"  # our own format, in a save_pretrained folder or a Hub repo
-HUB_FILES = (NATIVE_FILE, "model.safetensors", "pytorch_model.bin")
+# What a save_pretrained folder (or a Hub repo) holds: our own format, and the tensors in a
+# PyTorch layout.
+NATIVE_FILE, SAFETENSORS_FILE = "model.msgpack", "model.safetensors"
+HUB_FILES = (NATIVE_FILE, SAFETENSORS_FILE, "pytorch_model.bin")
 HUB_PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from resnext_jax.files import atomic_write
-from resnext_jax.weights.hub import NATIVE_FILE
+from resnext_jax.weights.hub import NATIVE_FILE, SAFETENSORS_FILE
 from resnext_jax.weights.pretrained import Pretrained
 from resnext_jax.weights.torch_names import model_layout
 
-TORCH_WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+CONFIG, CARD = "config.json", "README.md"
 
 
 def save_pretrained(pretrained: Pretrained, folder: str | os.PathLike, *,
@@ -32,7 +32,7 @@ def save_pretrained(pretrained: Pretrained, folder: str | os.PathLike, *,
     os.makedirs(folder, exist_ok=True)
     model, cfg, t = pretrained.model, pretrained.cfg, pretrained.transform
     pretrained.save(os.path.join(folder, NATIVE_FILE))
-    pretrained.export_torch(os.path.join(folder, TORCH_WEIGHTS))
+    pretrained.export_torch(os.path.join(folder, SAFETENSORS_FILE))
     timm_config = {
         "architecture": cfg.model, "num_classes": model.num_classes,
         "num_features": model.num_features,
